@@ -1,0 +1,46 @@
+# Two commands on a fresh machine (Python >= 3.11 and make): `make run`, `make test`.
+PYTHON ?= python3
+UV_VERSION := >=0.13,<0.14
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: install run test lint format bench openapi clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check 'uv$(UV_VERSION)'
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras
+	touch $@
+
+install: $(VENV)/.synced  ## create or refresh the environment from uv.lock
+
+run: install  ## migrate and serve on http://127.0.0.1:8000 (SQLite, in-process cache)
+	$(PY) -m service migrate
+	$(PY) -m service serve
+
+test: install  ## the whole suite (real PostgreSQL and Redis on 127.0.0.1)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff format + lint, mypy --strict
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install  ## wrk benchmark, side by side (see docs/benchmarks.md)
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+openapi: install
+	$(PY) -m service openapi -o openapi.json
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Cross-cutting code: settings, logging, errors, middleware, pools, metrics, tracing."""

@@ -1,0 +1,191 @@
+"""Settings: one `BERTH_` prefix, nested groups, `.env` support, secrets as SecretStr."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service import package_version
+
+ENV_PREFIX = "BERTH_"
+ENV_NESTED_DELIMITER = "__"
+# Local-only default; production refuses it (see `production_problems`).
+DEFAULT_JWT_SECRET = "berth-local-development-secret-do-not-use"  # noqa: S105
+MIN_JWT_SECRET_BYTES = 32
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/berth.db"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    """Accept `a,b` or a JSON list in environment variables."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        import json
+
+        return json.loads(text)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    DEVELOPMENT = "development"
+    TEST = "test"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class DatabaseSettings(BaseModel):
+    """Control-plane database (SQLite file locally, PostgreSQL in a cluster)."""
+
+    url: SecretStr = SecretStr(DEFAULT_SQLITE_URL)
+    pool_size: int = Field(default=10, ge=1, le=500)
+    max_overflow: int = Field(default=5, ge=0, le=500)
+    pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    pool_pre_ping: bool = True
+    pool_recycle_seconds: int = Field(default=1800, ge=-1)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    echo: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.get_secret_value().startswith("sqlite")
+
+
+class RedisSettings(BaseModel):
+    """Redis for cache, rate limits and revocations; unset means an in-process store."""
+
+    url: SecretStr | None = None
+    required: bool = True
+    socket_timeout_seconds: float = Field(default=1.0, gt=0)
+    max_connections: int = Field(default=64, ge=1)
+    memory_max_entries: int = Field(default=10_000, ge=1)
+
+
+class AuthSettings(BaseModel):
+    jwt_secret: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
+    jwt_algorithm: Literal["HS256"] = "HS256"
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    graceful_shutdown_seconds: float = Field(default=20.0, ge=0)
+    keepalive_seconds: int = Field(default=5, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    cors_origins: CommaList = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    trusted_hosts: CommaList = Field(default_factory=list)
+    forwarded_allow_ips: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
+    docs_enabled: bool | None = None
+    docs_allow_in_production: bool = False
+
+    _split = field_validator("cors_origins", "trusted_hosts", "forwarded_allow_ips", mode="before")(
+        _split_commas
+    )
+
+
+class ObservabilitySettings(BaseModel):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    metrics_enabled: bool = True
+    readiness_cache_seconds: float = Field(default=2.0, ge=0)
+    readiness_timeout_seconds: float = Field(default=1.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; read once by the CLI or `create_app`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Environment = Environment.LOCAL
+    service_name: str = "berth"
+    version: str = Field(default_factory=package_version)
+    commit: str = "unknown"
+    startup_retries: int = Field(default=5, ge=1, le=100)
+    startup_retry_max_wait_seconds: float = Field(default=2.0, gt=0)
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "BERTH_OTEL_ENDPOINT"),
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @cached_property
+    def docs_enabled(self) -> bool:
+        """Docs default to on locally and off in production."""
+        if self.http.docs_enabled is None:
+            return not self.is_production
+        return self.http.docs_enabled
+
+
+def env_name(*path: str) -> str:
+    """The environment variable that sets a (nested) field, e.g. BERTH_DATABASE__URL."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in path)
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """One line per setting that makes a production start unsafe; empty when fine."""
+    if not settings.is_production:
+        return []
+    problems: list[str] = []
+    secret = settings.auth.jwt_secret.get_secret_value()
+    if secret == DEFAULT_JWT_SECRET or len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        problems.append(
+            f"{env_name('auth', 'jwt_secret')}: must be a random secret of at least "
+            f"{MIN_JWT_SECRET_BYTES} bytes, not the default"
+        )
+    if "*" in settings.http.cors_origins and settings.http.cors_allow_credentials:
+        problems.append(
+            f"{env_name('http', 'cors_origins')}: '*' cannot be combined with "
+            f"{env_name('http', 'cors_allow_credentials')}=true; list the origins"
+        )
+    if settings.docs_enabled and not settings.http.docs_allow_in_production:
+        problems.append(
+            f"{env_name('http', 'docs_enabled')}: API docs are on in production; set "
+            f"{env_name('http', 'docs_allow_in_production')}=true to opt in"
+        )
+    if settings.database.is_sqlite:
+        problems.append(
+            f"{env_name('database', 'url')}: SQLite is for local use; "
+            "point it at PostgreSQL (postgresql+asyncpg://...)"
+        )
+    if settings.redis.url is None:
+        problems.append(
+            f"{env_name('redis', 'url')}: Redis is required in production "
+            "(rate limits, revocations and cache must be shared by all replicas)"
+        )
+    return problems
+
+
+class ConfigError(RuntimeError):
+    """Raised when settings are unsafe for the chosen environment."""
+
+
+def ensure_safe(settings: Settings) -> None:
+    """Refuse unsafe production settings with a one-line error naming the variable."""
+    problems = production_problems(settings)
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems))

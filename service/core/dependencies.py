@@ -1,0 +1,64 @@
+"""Request dependencies as Annotated aliases: settings, resources, the request's session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.core.config import Settings
+from service.core.errors import UnsupportedMediaType
+from service.core.resources import Resources
+from service.core.store import KeyValueStore
+from service.db.engine import session_scope
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(resources: Annotated[Resources, Depends(get_resources)]) -> KeyValueStore:
+    return resources.store
+
+
+async def get_db_session(
+    resources: Annotated[Resources, Depends(get_resources)],
+) -> AsyncIterator[AsyncSession]:
+    async for session in session_scope(resources.session_factory):
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+StoreDep = Annotated[KeyValueStore, Depends(get_store)]
+# scope="function": commit/rollback runs when the route returns, before the response is sent,
+# so a failed commit becomes an error response instead of a 200 over lost data.
+DbSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
+
+
+_JSON_TYPES = frozenset({"application/json"})
+
+
+def require_json_body(request: Request) -> None:
+    """415 unless a request that carries a body declares JSON (`application/json`, `+json`)."""
+    has_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    if not has_body:
+        return
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type in _JSON_TYPES or media_type.endswith("+json"):
+        return
+    raise UnsupportedMediaType("Send the body as application/json")
+
+
+# Router-level guard for JSON APIs: `APIRouter(dependencies=[RequireJson])`.
+RequireJson = Depends(require_json_body)

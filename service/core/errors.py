@@ -1,0 +1,203 @@
+"""The one error envelope, the domain errors and the handlers that render them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.logging import get_logger
+
+log = get_logger(__name__)
+
+# scope["state"] key under which the request-context middleware stores the request id.
+REQUEST_ID_STATE_KEY = "request_id"
+_NAME_OVERRIDES = {HTTPStatus.UNPROCESSABLE_ENTITY: "ValidationError"}
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error response, whatever raised it."""
+
+    success: bool = Field(default=False, examples=[False])
+    statusCode: int = Field(examples=[404])
+    name: str = Field(examples=["NotFound"])
+    message: str = Field(examples=["Not Found"])
+    correlationId: str | None = Field(examples=["4bf92f3577b34da6a3ce929d0e0e4736"])
+    timestamp: str = Field(examples=["2026-01-01T00:00:00.000000+00:00"])
+    path: str = Field(examples=["/api/v1/articles/unknown"])
+    data: dict[str, Any] | None = None
+
+
+class DomainError(Exception):
+    """A business-rule failure with an HTTP meaning; raised by services, rendered here."""
+
+    status_code: int = HTTPStatus.BAD_REQUEST
+    message: str = "The request cannot be processed"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        data: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.data = data
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(DomainError):
+    status_code = HTTPStatus.BAD_REQUEST
+
+
+class Unauthorized(DomainError):
+    status_code = HTTPStatus.UNAUTHORIZED
+    message = "Authentication required"
+
+
+class Forbidden(DomainError):
+    status_code = HTTPStatus.FORBIDDEN
+    message = "Not allowed"
+
+
+class NotFound(DomainError):
+    status_code = HTTPStatus.NOT_FOUND
+    message = "Not found"
+
+
+class Conflict(DomainError):
+    status_code = HTTPStatus.CONFLICT
+    message = "Conflict"
+
+
+class PreconditionFailed(DomainError):
+    status_code = HTTPStatus.PRECONDITION_FAILED
+    message = "The resource has changed"
+
+
+class UnsupportedMediaType(DomainError):
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    message = "Unsupported media type"
+
+
+class RateLimited(DomainError):
+    status_code = HTTPStatus.TOO_MANY_REQUESTS
+    message = "Too many requests"
+
+    def __init__(self, retry_after_seconds: int, *, headers: dict[str, str] | None = None) -> None:
+        self.retry_after_seconds = max(1, retry_after_seconds)
+        merged = {"Retry-After": str(self.retry_after_seconds), **(headers or {})}
+        super().__init__(data={"retryAfterSeconds": self.retry_after_seconds}, headers=merged)
+
+
+def status_name(status_code: int) -> str:
+    """`404` -> `NotFound`; 422 is `ValidationError`."""
+    try:
+        status = HTTPStatus(status_code)
+    except ValueError:
+        return "Error"
+    return _NAME_OVERRIDES.get(status) or "".join(
+        word.capitalize() for word in status.phrase.replace("-", " ").split()
+    )
+
+
+def envelope_bytes(
+    status_code: int,
+    message: str,
+    *,
+    path: str,
+    request_id: str | None,
+    name: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> bytes:
+    """Serialise the envelope; used by handlers and by middleware that answers early."""
+    envelope = ErrorEnvelope(
+        statusCode=status_code,
+        name=name or status_name(status_code),
+        message=message,
+        correlationId=request_id,
+        timestamp=datetime.now(UTC).isoformat(),
+        path=path,
+        data=data,
+    )
+    return orjson.dumps(envelope.model_dump())
+
+
+def request_id_of(request: Request) -> str | None:
+    state = request.scope.get("state") or {}
+    value = state.get(REQUEST_ID_STATE_KEY)
+    return value if isinstance(value, str) else None
+
+
+def error_response(
+    request: Request,
+    status_code: int,
+    message: str,
+    *,
+    data: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body = envelope_bytes(
+        status_code, message, path=request.url.path, request_id=request_id_of(request), data=data
+    )
+    return Response(body, status_code, headers=headers, media_type="application/json")
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo what was submitted: keep where, what and why, drop `input` and `ctx`.
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else status_name(exc.status_code)
+    data = exc.detail if isinstance(exc.detail, dict) else None
+    return error_response(request, exc.status_code, message, data=data, headers=exc.headers)
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(
+        request,
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "The request is not valid",
+        data={"errors": _validation_errors(exc)},
+    )
+
+
+async def _handle_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return error_response(request, exc.status_code, exc.message, data=exc.data, headers=exc.headers)
+
+
+async def _handle_unexpected(request: Request, exc: Exception) -> Response:
+    # Last resort for errors raised outside the router (the middleware catches the rest).
+    log.error("unhandled_error", path=request.url.path, exc_info=exc)
+    return error_response(request, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(DomainError, _handle_domain_error)
+    app.add_exception_handler(Exception, _handle_unexpected)
+
+
+# Declared in OpenAPI for every route so clients see the envelope.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorEnvelope, "description": "Client error"},
+    422: {"model": ErrorEnvelope, "description": "Validation error (field errors in data.errors)"},
+    "5XX": {"model": ErrorEnvelope, "description": "Server error"},
+}

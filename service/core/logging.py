@@ -1,0 +1,163 @@
+"""Logging: one JSON object per line on stdout (or a console format), secrets redacted.
+
+structlog renders our own events directly (fast path); stdlib loggers (uvicorn, SQLAlchemy,
+alembic) go through the same processors via `ProcessorFormatter`, so every line has one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+from service.core.config import ObservabilitySettings
+
+# Field names: defined once, used by the middleware, the tests and the log shippers' docs.
+REQUEST_ID = "request_id"
+TRACE_ID = "trace_id"
+SPAN_ID = "span_id"
+TENANT = "tenant"
+
+REDACTED = "[redacted]"
+_LOGGER_NAME_KEY = "logger_name"
+_SENSITIVE_MARKERS = (
+    "authorization",
+    "cookie",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "credential",
+    "private_key",
+)
+_ROUTED_STDLIB_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "sqlalchemy",
+    "sqlalchemy.engine",
+    "sqlalchemy.pool",
+    "alembic",
+)
+
+
+def is_sensitive_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(marker in lowered for marker in _SENSITIVE_MARKERS)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if is_sensitive_key(str(k)) else _redact_value(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Replace values whose key names a secret (tokens, passwords, cookies, auth headers)."""
+    for key in list(event_dict):
+        if is_sensitive_key(key):
+            event_dict[key] = REDACTED
+        elif isinstance(event_dict[key], Mapping | list | tuple):
+            event_dict[key] = _redact_value(event_dict[key])
+    return event_dict
+
+
+def _name_logger(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    name = event_dict.pop(_LOGGER_NAME_KEY, None)
+    if name is not None:
+        event_dict["logger"] = name
+    return event_dict
+
+
+def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Add trace_id/span_id of the current OpenTelemetry span (installed only when tracing)."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict[TRACE_ID] = format(context.trace_id, "032x")
+        event_dict[SPAN_ID] = format(context.span_id, "016x")
+    return event_dict
+
+
+def _orjson_dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def _shared_processors(*, with_trace: bool) -> list[Processor]:
+    processors: list[Processor] = [
+        _name_logger,
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+    if with_trace:
+        processors.append(add_trace_context)
+    processors.append(redact_secrets)
+    return processors
+
+
+def _renderer(log_format: str, stream: TextIO) -> Processor:
+    use_console = log_format == "console" or (log_format == "auto" and stream.isatty())
+    if use_console:
+        return structlog.dev.ConsoleRenderer()
+    return structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+
+
+def configure_logging(
+    settings: ObservabilitySettings, *, with_trace: bool = False, stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the stdlib loggers; safe to call more than once."""
+    out = stream or sys.stdout
+    level = logging.getLevelName(settings.log_level)
+    shared = _shared_processors(with_trace=with_trace)
+    renderer = _renderer(settings.log_format, out)
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    for name in _ROUTED_STDLIB_LOGGERS:
+        stdlib_logger = logging.getLogger(name)
+        stdlib_logger.handlers = []
+        stdlib_logger.propagate = True
+    # uvicorn's own access log is off; we write one line per request ourselves.
+    logging.getLogger("uvicorn.access").disabled = True
+    # SQLAlchemy logs statements at INFO when echo is on; otherwise keep it quiet.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger that names its module in the `logger` field."""
+    # Initial values stay lazy (`.bind()` here would freeze the configuration of import time);
+    # `logger` itself is a reserved keyword of get_logger, hence the rename processor.
+    return structlog.get_logger(**{_LOGGER_NAME_KEY: name})

@@ -1,0 +1,286 @@
+"""Pure-ASGI middleware (no BaseHTTPMiddleware: it costs throughput and breaks streaming).
+
+Outermost first: request context -> access log -> security headers -> body-size limit ->
+unhandled-error guard -> (CORS, trusted hosts when configured) -> router.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from http import HTTPStatus
+
+import structlog
+from prometheus_fastapi_instrumentator.routing import get_route_name
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core.errors import REQUEST_ID_STATE_KEY, envelope_bytes
+from service.core.logging import REQUEST_ID, get_logger
+
+REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID_LENGTH = 64
+ROUTE_TEMPLATE_STATE_KEY = "route_template"
+_REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._:\-]{1,%d}$" % MAX_REQUEST_ID_LENGTH)
+
+access_log = get_logger("berth.access")
+error_log = get_logger("berth.errors")
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _request_id_of(scope: Scope) -> str | None:
+    value = scope.get("state", {}).get(REQUEST_ID_STATE_KEY)
+    return value if isinstance(value, str) else None
+
+
+async def send_error(scope: Scope, send: Send, status: int, message: str) -> None:
+    """Answer in the error envelope from middleware (before or instead of the app)."""
+    body = envelope_bytes(status, message, path=scope["path"], request_id=_request_id_of(scope))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    """Accept a well-formed X-Request-ID (<= 64 chars) or make one; echo it; bind it to logs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, REQUEST_ID_HEADER)
+        if incoming is not None and _REQUEST_ID_PATTERN.match(incoming):
+            request_id = incoming.decode()
+        else:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})[REQUEST_ID_STATE_KEY] = request_id
+        header = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**{REQUEST_ID: request_id})
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+
+def route_template(scope: Scope) -> str | None:
+    """The route template (`/api/v1/items/{item_id}`) a request matches, never the raw path.
+
+    Resolved once per request and kept in the scope: the metrics middleware and the access log
+    both need it.
+    """
+    state = scope.setdefault("state", {})
+    if ROUTE_TEMPLATE_STATE_KEY not in state:
+        state[ROUTE_TEMPLATE_STATE_KEY] = get_route_name(
+            Request(scope), should_include_root_path=True
+        )
+    template = state[ROUTE_TEMPLATE_STATE_KEY]
+    return template if isinstance(template, str) else None
+
+
+class AccessLogMiddleware:
+    """One JSON line per request: method, route, path, status, duration, bytes, client."""
+
+    def __init__(self, app: ASGIApp, *, excluded_paths: Iterable[str] = ()) -> None:
+        self.app = app
+        self.excluded_paths = frozenset(excluded_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.excluded_paths:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = HTTPStatus.INTERNAL_SERVER_ERROR.value
+        response_bytes = 0
+
+        async def send_counting(message: Message) -> None:
+            nonlocal status, response_bytes
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                response_bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counting)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                "request",
+                method=scope["method"],
+                route=route_template(scope),
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                response_bytes=response_bytes,
+                client=client[0] if client else None,
+            )
+
+
+class SecurityHeadersMiddleware:
+    """nosniff, frame DENY, referrer and permissions policy; HSTS in production over https."""
+
+    _BASE: tuple[tuple[bytes, bytes], ...] = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"strict-origin-when-cross-origin"),
+        (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    )
+    _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = list(self._BASE)
+        if self.hsts and scope.get("scheme") == "https":
+            extra.append(self._HSTS)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """413 when Content-Length or the streamed body exceeds the limit."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await self._reject(scope, send, declared)
+            return
+        await self._call_counting(scope, receive, send)
+
+    async def _reject(self, scope: Scope, send: Send, declared: bytes) -> None:
+        if not declared.isdigit():
+            await send_error(scope, send, HTTPStatus.BAD_REQUEST, "Invalid Content-Length header")
+            return
+        await send_error(scope, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._message)
+
+    @property
+    def _message(self) -> str:
+        return f"Request body exceeds {self.max_body_bytes} bytes"
+
+    async def _call_counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        response_started = False
+        rejected = False
+
+        async def receive_counting() -> Message:
+            nonlocal received, rejected
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            received += len(message.get("body", b""))
+            if received <= self.max_body_bytes:
+                return message
+            if not response_started and not rejected:
+                # Answer now: the framework may wrap our exception into a different error.
+                rejected = True
+                await send_error(scope, send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._message)
+            raise _BodyTooLarge
+
+        async def send_unless_rejected(message: Message) -> None:
+            nonlocal response_started
+            if rejected:
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_counting, send_unless_rejected)
+        except Exception as exc:
+            if not (rejected and _caused_by_body_limit(exc)):
+                raise
+
+
+def _caused_by_body_limit(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _BodyTooLarge):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class UnhandledErrorMiddleware:
+    """Turn an unexpected exception into a logged 500 envelope inside the middleware stack.
+
+    Sitting inside the access log and the header middleware, the 500 still gets its request id,
+    its security headers and its access-log line; nothing internal reaches the client.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if _caused_by_body_limit(exc):
+                raise
+            error_log.error(
+                "unhandled_error",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                exc_info=exc,
+            )
+            if response_started:
+                raise
+            await send_error(scope, send, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error")

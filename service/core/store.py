@@ -1,0 +1,134 @@
+"""Key-value store for cache, counters and revocations: Redis, or a bounded in-process one.
+
+The in-process store exists for the laptop only: production refuses to start without Redis,
+because several replicas must share rate limits, revocations and cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from service.core.config import RedisSettings
+
+
+class KeyValueStore(Protocol):
+    """What features may rely on, whichever backend is configured."""
+
+    backend: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None: ...
+
+    async def delete(self, *keys: str) -> int: ...
+
+    async def incr(self, key: str, ttl_seconds: int) -> int: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisStore:
+    backend = "redis"
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | str | None = await self.client.get(key)
+        if value is None or isinstance(value, bytes):
+            return value
+        return value.encode()
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        await self.client.set(key, value, ex=max(1, ttl_seconds))
+
+    async def delete(self, *keys: str) -> int:
+        return int(await self.client.delete(*keys)) if keys else 0
+
+    async def incr(self, key: str, ttl_seconds: int) -> int:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, max(1, ttl_seconds), nx=True)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class MemoryStore:
+    """Bounded LRU with per-key expiry; same interface as RedisStore."""
+
+    backend = "memory"
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def _live(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if expires_at <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def _put(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        self._entries[key] = (time.monotonic() + max(1, ttl_seconds), value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        self._put(key, value, ttl_seconds)
+
+    async def delete(self, *keys: str) -> int:
+        return sum(1 for key in keys if self._entries.pop(key, None) is not None)
+
+    async def incr(self, key: str, ttl_seconds: int) -> int:
+        current = self._live(key)
+        if current is None:
+            self._put(key, b"1", ttl_seconds)
+            return 1
+        expires_at, _ = self._entries[key]
+        count = int(current) + 1
+        self._entries[key] = (expires_at, str(count).encode())
+        return count
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+def create_redis_client(settings: RedisSettings) -> Redis:
+    assert settings.url is not None
+    return Redis.from_url(
+        settings.url.get_secret_value(),
+        socket_timeout=settings.socket_timeout_seconds,
+        socket_connect_timeout=settings.socket_timeout_seconds,
+        max_connections=settings.max_connections,
+        health_check_interval=30,
+    )
+
+
+def create_store(settings: RedisSettings) -> KeyValueStore:
+    if settings.url is None:
+        return MemoryStore(settings.memory_max_entries)
+    return RedisStore(create_redis_client(settings))

@@ -1,0 +1,6 @@
+"""Every control-plane model, imported so that `Base.metadata` is complete for Alembic."""
+
+from service.db.base import Base
+from service.users.models import User
+
+__all__ = ["Base", "User"]

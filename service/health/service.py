@@ -1,0 +1,96 @@
+"""Readiness: dependency checks run concurrently, each with a timeout, the report cached.
+
+The cache and the lock mean a burst of probes triggers one round of checks, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from service.core.resources import Resources, ping_database
+from service.health.schemas import CheckReport, ReadinessStatus, ReadyResponse
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    required: bool
+    run: Callable[[], Awaitable[None]]
+
+
+async def _run_check(check: Check, timeout_seconds: float) -> CheckReport:
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        await asyncio.wait_for(check.run(), timeout_seconds)
+    except TimeoutError:
+        error = f"timed out after {timeout_seconds}s"
+    except Exception as exc:  # any failure means "down"; the type is enough to act on
+        error = type(exc).__name__
+    return CheckReport(
+        name=check.name,
+        status="down" if error else "ok",
+        required=check.required,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        error=error,
+    )
+
+
+def _overall(reports: list[CheckReport]) -> ReadinessStatus:
+    if any(r.status == "down" and r.required for r in reports):
+        return "down"
+    if any(r.status == "down" for r in reports):
+        return "degraded"
+    return "ok"
+
+
+class ReadinessProbe:
+    def __init__(self, checks: list[Check], *, timeout_seconds: float, cache_seconds: float):
+        self.checks = checks
+        self.timeout_seconds = timeout_seconds
+        self.cache_seconds = cache_seconds
+        self._lock = asyncio.Lock()
+        self._cached: ReadyResponse | None = None
+        self._cached_at = float("-inf")
+
+    def _fresh(self) -> ReadyResponse | None:
+        if time.monotonic() - self._cached_at < self.cache_seconds:
+            return self._cached
+        return None
+
+    async def report(self) -> ReadyResponse:
+        """The latest report, re-checked at most once per `cache_seconds`."""
+        cached = self._fresh()
+        if cached is not None:
+            return cached
+        async with self._lock:
+            cached = self._fresh()
+            if cached is not None:
+                return cached
+            reports = list(
+                await asyncio.gather(*(_run_check(c, self.timeout_seconds) for c in self.checks))
+            )
+            self._cached = ReadyResponse(
+                status=_overall(reports),
+                checked_at=datetime.now(UTC).isoformat(),
+                checks=reports,
+            )
+            self._cached_at = time.monotonic()
+            return self._cached
+
+
+def build_probe(resources: Resources) -> ReadinessProbe:
+    """Database always required; Redis when configured (optional if `redis.required` is off)."""
+    settings = resources.settings
+    checks = [Check("database", True, lambda: ping_database(resources.engine))]
+    if settings.redis.url is not None:
+        checks.append(Check("redis", settings.redis.required, resources.store.ping))
+    return ReadinessProbe(
+        checks,
+        timeout_seconds=settings.observability.readiness_timeout_seconds,
+        cache_seconds=settings.observability.readiness_cache_seconds,
+    )

@@ -1,0 +1,55 @@
+"""Alembic environment for the control-plane database.
+
+`service.db.migrate` hands over an open connection (the normal path). Run as plain `alembic`
+(e.g. `alembic revision --autogenerate`), it connects to BERTH_DATABASE__URL itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import Connection, text
+
+from service.db.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_with_connection(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        lock_key = config.attributes.get("advisory_lock_key")
+        if connection.dialect.name == "postgresql" and lock_key is not None:
+            # Held until this transaction commits: concurrent runs wait here, then see head.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+        context.run_migrations()
+
+
+async def _run_standalone() -> None:
+    from service.core.config import Settings
+    from service.db.engine import create_engine_for_migrations
+    from service.db.migrate import CONTROL_PLANE_LOCK, advisory_lock_key
+
+    config.attributes.setdefault("advisory_lock_key", advisory_lock_key(CONTROL_PLANE_LOCK))
+    engine = create_engine_for_migrations(Settings().database.url.get_secret_value())
+    async with engine.connect() as connection:
+        await connection.run_sync(run_with_connection)
+        await connection.commit()
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported; run against a database")
+
+connection = config.attributes.get("connection")
+if connection is None:
+    asyncio.run(_run_standalone())
+else:
+    run_with_connection(connection)

@@ -1,0 +1,165 @@
+"""Shared fixtures: real PostgreSQL and Redis, settings and app factories, an async client."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import make_url
+
+from service.core.config import Settings
+from service.db import migrate
+from service.main import create_app
+from tests.support import PG_ADMIN_URL, REDIS_URL, unavailable
+
+AppFactory = Callable[..., FastAPI]
+ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _with_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+async def _admin_execute(sql: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_server() -> str:
+    """The admin URL of the real PostgreSQL; fails under CI when it is not there."""
+    try:
+        await _admin_execute("SELECT 1")
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable("PostgreSQL at BERTH_TEST_DATABASE_URL", exc)
+    return PG_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+async def pg_template(pg_server: str) -> AsyncIterator[str]:
+    """A database migrated to head once per run; tests copy it and never touch it."""
+    name = f"berth_test_tpl_{uuid.uuid4().hex[:12]}"
+    await _admin_execute(f'CREATE DATABASE "{name}"')
+    try:
+        await migrate.upgrade(_with_database(pg_server, name))
+        yield name
+    finally:
+        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pg_database(pg_server: str, pg_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database per test (a copy of the template), dropped afterwards."""
+    name = f"berth_test_{uuid.uuid4().hex[:12]}"
+    await _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield _with_database(pg_server, name)
+    finally:
+        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_pg_database(pg_server: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all, for migration tests."""
+    name = f"berth_test_empty_{uuid.uuid4().hex[:12]}"
+    await _admin_execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(pg_server, name)
+    finally:
+        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def redis_server() -> str:
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except OSError as exc:
+        unavailable("Redis at BERTH_TEST_REDIS_URL", exc)
+    except Exception as exc:  # redis-py wraps socket errors in its own ConnectionError
+        unavailable("Redis at BERTH_TEST_REDIS_URL", exc)
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'berth.db'}"
+
+
+@pytest.fixture
+def make_settings(sqlite_url: str) -> Callable[..., Settings]:
+    """Settings from keyword groups, never from the developer's environment or .env."""
+
+    def factory(**groups: Any) -> Settings:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "startup_retries": 1,
+            "database": {"url": sqlite_url},
+            "observability": {"log_format": "json", "readiness_cache_seconds": 0},
+        }
+        for key, value in groups.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+        return Settings(_env_file=None, **values)
+
+    return factory
+
+
+@pytest.fixture
+async def migrated_sqlite(sqlite_url: str) -> str:
+    await migrate.upgrade(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[ClientFactory]:
+    """Start an app's lifespan and give an httpx client bound to it; all closed at the end."""
+    managers: list[LifespanManager] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def factory(app: FastAPI) -> httpx.AsyncClient:
+        manager = LifespanManager(app, startup_timeout=30, shutdown_timeout=30)
+        await manager.__aenter__()
+        managers.append(manager)
+        transport = httpx.ASGITransport(app=manager.app, client=("127.0.0.1", 50000))
+        client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+    for manager in reversed(managers):
+        await manager.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(
+    make_settings: Callable[..., Settings],
+    migrated_sqlite: str,
+    client_for: ClientFactory,
+) -> httpx.AsyncClient:
+    """A client for the app on its embedded defaults (SQLite, in-process store)."""
+    return await client_for(create_app(make_settings()))
+
+
+__all__ = ["AppFactory", "ClientFactory"]

@@ -23,7 +23,7 @@ from service.core.middleware import (
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
-    UnhandledErrorMiddleware,
+    ErrorEnvelopeMiddleware,
 )
 from service.core.resources import close_resources, open_resources
 from service.core.tracing import instrument_app, instrument_clients, tracing_enabled
@@ -88,7 +88,7 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(ErrorEnvelopeMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.http.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
     if settings.observability.metrics_enabled:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,31 @@ async def relay(target_host: str, target_port: int) -> AsyncIterator[TcpRelay]:
         yield proxy
     finally:
         await proxy.stop()
+
+
+def json_lines(output: str) -> list[dict[str, object]]:
+    """Parse the JSON log lines of captured stdout; anything else is a test failure."""
+    import json
+
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def assert_envelope(response: Any, status: int, name: str, path: str) -> dict[str, Any]:
+    """Assert `response` is the standard error envelope; return its body."""
+    from datetime import datetime
+
+    from service.core.errors import ErrorEnvelope
+
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    ErrorEnvelope.model_validate(body)
+    assert body["success"] is False
+    assert body["statusCode"] == status
+    assert body["name"] == name
+    assert body["path"] == path
+    assert body["correlationId"] == response.headers["x-request-id"]
+    offset = datetime.fromisoformat(body["timestamp"]).utcoffset()
+    assert offset is not None
+    assert offset.total_seconds() == 0
+    return body

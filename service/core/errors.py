@@ -18,9 +18,26 @@ from service.core.logging import get_logger
 
 log = get_logger(__name__)
 
-# scope["state"] key under which the request-context middleware stores the request id.
-REQUEST_ID_STATE_KEY = "request_id"
-_NAME_OVERRIDES = {HTTPStatus.UNPROCESSABLE_ENTITY: "ValidationError"}
+# Scope key under which the request-context middleware stores the request id. Not
+# scope["state"]: that dict is the lifespan state, which some servers share across requests.
+REQUEST_ID_SCOPE_KEY = "berth.request_id"
+# Fixed names: HTTPStatus phrases change between Python versions (413 became "Content Too
+# Large" in 3.13), and clients match on these.
+_STATUS_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    412: "PreconditionFailed",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "ValidationError",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    503: "ServiceUnavailable",
+}
 
 
 class ErrorEnvelope(BaseModel):
@@ -100,14 +117,14 @@ class RateLimited(DomainError):
 
 
 def status_name(status_code: int) -> str:
-    """`404` -> `NotFound`; 422 is `ValidationError`."""
+    """`404` -> `NotFound`; 422 is `ValidationError`; others from the status phrase."""
+    if status_code in _STATUS_NAMES:
+        return _STATUS_NAMES[status_code]
     try:
-        status = HTTPStatus(status_code)
+        phrase = HTTPStatus(status_code).phrase
     except ValueError:
         return "Error"
-    return _NAME_OVERRIDES.get(status) or "".join(
-        word.capitalize() for word in status.phrase.replace("-", " ").split()
-    )
+    return "".join(word.capitalize() for word in phrase.replace("-", " ").split())
 
 
 def envelope_bytes(
@@ -133,8 +150,7 @@ def envelope_bytes(
 
 
 def request_id_of(request: Request) -> str | None:
-    state = request.scope.get("state") or {}
-    value = state.get(REQUEST_ID_STATE_KEY)
+    value = request.scope.get(REQUEST_ID_SCOPE_KEY)
     return value if isinstance(value, str) else None
 
 

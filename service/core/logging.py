@@ -91,6 +91,19 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
     return event_dict
 
 
+class _CurrentStdout:
+    """Writes to whatever `sys.stdout` is at the moment (test capture swaps it per phase)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+
 def _orjson_dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -119,7 +132,7 @@ def configure_logging(
     settings: ObservabilitySettings, *, with_trace: bool = False, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the stdlib loggers; safe to call more than once."""
-    out = stream or sys.stdout
+    out: TextIO = stream or _CurrentStdout()  # type: ignore[assignment]
     level = logging.getLevelName(settings.log_level)
     shared = _shared_processors(with_trace=with_trace)
     renderer = _renderer(settings.log_format, out)

@@ -8,7 +8,7 @@ prometheus_client's multiprocess mode: values live in shared files and `/metrics
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -49,6 +49,7 @@ class Metrics:
 
     def __init__(self, *, version: str, commit: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._refreshers: list[Callable[[], None]] = []
         self.inprogress = Gauge(
             HTTP_REQUESTS_INPROGRESS,
             "HTTP requests being served.",
@@ -82,24 +83,36 @@ class Metrics:
         build_info.labels(version=version, commit=commit).set(1)
 
     def track_pool(self, engine: AsyncEngine, pool_name: str) -> None:
-        """Keep pool gauges current from pool events (works in multiprocess mode too)."""
+        """Keep pool gauges current from pool events (so multiprocess mode sees them too).
+
+        `checkin` fires before the pool takes the connection back, so checked-out connections
+        are counted by increments rather than read from the pool inside the event.
+        """
         pool = engine.sync_engine.pool
         if not isinstance(pool, QueuePool):
             return
-        size = self.pool_size.labels(pool=pool_name)
         checked_out = self.pool_checked_out.labels(pool=pool_name)
-        overflow = self.pool_overflow.labels(pool=pool_name)
+        checked_out.set(pool.checkedout())
 
-        def update(*_: Any) -> None:
-            size.set(pool.size())
-            checked_out.set(pool.checkedout())
-            overflow.set(max(0, pool.overflow()))
+        def refresh() -> None:
+            self.pool_size.labels(pool=pool_name).set(pool.size())
+            self.pool_overflow.labels(pool=pool_name).set(max(0, pool.overflow()))
 
-        for name in ("connect", "checkout", "checkin", "close", "invalidate"):
-            event.listen(pool, name, update)
-        update()
+        def on_checkout(*_: Any) -> None:
+            checked_out.inc()
+            refresh()
+
+        def on_checkin(*_: Any) -> None:
+            checked_out.dec()
+
+        event.listen(pool, "checkout", on_checkout)
+        event.listen(pool, "checkin", on_checkin)
+        self._refreshers.append(refresh)
+        refresh()
 
     def exposition(self) -> bytes:
+        for refresh in self._refreshers:
+            refresh()
         if not is_multiprocess():
             return generate_latest(self.registry)
         registry = CollectorRegistry()

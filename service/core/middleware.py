@@ -1,7 +1,7 @@
 """Pure-ASGI middleware (no BaseHTTPMiddleware: it costs throughput and breaks streaming).
 
 Outermost first: request context -> access log -> security headers -> body-size limit ->
-unhandled-error guard -> (CORS, trusted hosts when configured) -> router.
+error envelope -> (CORS, trusted hosts when configured) -> router.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import REQUEST_ID_STATE_KEY, envelope_bytes
+from service.core.errors import REQUEST_ID_SCOPE_KEY, envelope_bytes
 from service.core.logging import REQUEST_ID, get_logger
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
-ROUTE_TEMPLATE_STATE_KEY = "route_template"
+ROUTE_TEMPLATE_SCOPE_KEY = "berth.route_template"
 _REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._:\-]{1,%d}$" % MAX_REQUEST_ID_LENGTH)
 
 access_log = get_logger("berth.access")
@@ -37,23 +37,25 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _request_id_of(scope: Scope) -> str | None:
-    value = scope.get("state", {}).get(REQUEST_ID_STATE_KEY)
+    value = scope.get(REQUEST_ID_SCOPE_KEY)
     return value if isinstance(value, str) else None
 
 
-async def send_error(scope: Scope, send: Send, status: int, message: str) -> None:
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    message: str,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
     """Answer in the error envelope from middleware (before or instead of the app)."""
     body = envelope_bytes(status, message, path=scope["path"], request_id=_request_id_of(scope))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        *extra_headers,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -72,7 +74,7 @@ class RequestContextMiddleware:
             request_id = incoming.decode()
         else:
             request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})[REQUEST_ID_STATE_KEY] = request_id
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
         header = (REQUEST_ID_HEADER, request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -94,12 +96,11 @@ def route_template(scope: Scope) -> str | None:
     Resolved once per request and kept in the scope: the metrics middleware and the access log
     both need it.
     """
-    state = scope.setdefault("state", {})
-    if ROUTE_TEMPLATE_STATE_KEY not in state:
-        state[ROUTE_TEMPLATE_STATE_KEY] = get_route_name(
+    if ROUTE_TEMPLATE_SCOPE_KEY not in scope:
+        scope[ROUTE_TEMPLATE_SCOPE_KEY] = get_route_name(
             Request(scope), should_include_root_path=True
         )
-    template = state[ROUTE_TEMPLATE_STATE_KEY]
+    template = scope[ROUTE_TEMPLATE_SCOPE_KEY]
     return template if isinstance(template, str) else None
 
 
@@ -248,11 +249,21 @@ def _caused_by_body_limit(exc: BaseException) -> bool:
     return False
 
 
-class UnhandledErrorMiddleware:
-    """Turn an unexpected exception into a logged 500 envelope inside the middleware stack.
+def _is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for key, value in headers:
+        if key.lower() == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            return media_type == b"application/json" or media_type.endswith(b"+json")
+    return False
 
-    Sitting inside the access log and the header middleware, the 500 still gets its request id,
-    its security headers and its access-log line; nothing internal reaches the client.
+
+class ErrorEnvelopeMiddleware:
+    """Make every error leave in the envelope, whatever raised it.
+
+    An unexpected exception becomes a logged 500 envelope here, inside the access log and the
+    header middleware, so it still gets its request id, security headers and access-log line,
+    and nothing internal reaches the client. A plain-text error from an inner layer (trusted
+    hosts, CORS preflight) is rewritten into the envelope. Success responses pass untouched.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -263,24 +274,42 @@ class UnhandledErrorMiddleware:
             await self.app(scope, receive, send)
             return
         response_started = False
+        held_start: Message | None = None
+        held_body: list[bytes] = []
 
-        async def send_tracking(message: Message) -> None:
-            nonlocal response_started
+        async def send_enveloped(message: Message) -> None:
+            nonlocal response_started, held_start
             if message["type"] == "http.response.start":
                 response_started = True
+                if message["status"] >= 400 and not _is_json(message.get("headers", ())):
+                    held_start = message
+                    return
+            elif held_start is not None and message["type"] == "http.response.body":
+                held_body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_rewritten(scope, send, held_start, b"".join(held_body))
+                return
             await send(message)
 
         try:
-            await self.app(scope, receive, send_tracking)
+            await self.app(scope, receive, send_enveloped)
         except Exception as exc:
             if _caused_by_body_limit(exc):
                 raise
             error_log.error(
-                "unhandled_error",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                exc_info=exc,
+                "unhandled_error", method=scope.get("method"), path=scope.get("path"), exc_info=exc
             )
             if response_started:
                 raise
             await send_error(scope, send, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error")
+
+
+async def _send_rewritten(scope: Scope, send: Send, start: Message, text: bytes) -> None:
+    status = int(start["status"])
+    message = text.decode("utf-8", errors="replace").strip()[:200] or HTTPStatus(status).phrase
+    kept = [
+        (key, value)
+        for key, value in start.get("headers", ())
+        if key.lower() not in (b"content-type", b"content-length")
+    ]
+    await send_error(scope, send, status, message, extra_headers=kept)

@@ -1,0 +1,603 @@
+"""`make bench`: wrk against a bare FastAPI reference and against berth, side by side.
+
+    python -m tests.bench.run                    # 5 interleaved rounds of 5 s per target
+    python -m tests.bench.run --quick            # 1 round of 2 s (CI smoke)
+    python -m tests.bench.run --rounds 7 --duration 10 --connections 128 --targets a,b
+
+Method (see docs/benchmarks.md): every server is one uvicorn process (uvloop, httptools, no
+uvicorn access log) pinned to CPU 0; wrk is pinned to CPU 1 and only ever talks to 127.0.0.1.
+Rounds are interleaved (a, b, a, b, ...) so drift of the machine hits every target alike, and
+the reported figure per target is the median over rounds. Results are printed as a table and
+written to `bench-results/latest.json`. The exit code is 0 whether or not a ratio target is
+met: this is a measurement, not a test; a missed target is printed as MISSED.
+
+Adding a target (later issues: article GET, cache hit, list page): append a `Target` to
+`TARGETS` (reuse `BERTH` as its server, or define another `Server`), and a `Ratio` to `RATIOS`
+if it has a goal. A `Server` may `prepare` data (seed rows, prime a cache) once it is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULTS_PATH = REPO_ROOT / "bench-results" / "latest.json"
+HOST = "127.0.0.1"  # loopback only, never anything else
+SERVER_CPU = 0
+CLIENT_CPU = 1
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 10.0
+SETUP_TIMEOUT_SECONDS = 180.0
+# Inherited variables that would change what is measured (a developer's shell, CI).
+_SCRUBBED_ENV_PREFIXES = ("BERTH_", "OTEL_", "PROMETHEUS_MULTIPROC_DIR")
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run (tool missing, server did not start); exits non-zero."""
+
+
+# --- what is measured ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: optional setup commands, then the long-running command."""
+
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    setup: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    python: str
+    port: int
+    workdir: Path  # a fresh temp dir per server; removed at the end
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    build: Callable[[ServerContext], ServerSpec]
+    ready_path: str
+    # Run once after readiness with the base URL (seed rows, prime a cache, ...).
+    prepare: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    server: Server
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    expect_status: int = 200
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """`numerator` req/s divided by `denominator` req/s, with a goal of at least `minimum`."""
+
+    name: str
+    numerator: str
+    denominator: str
+    minimum: float
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_ENV_PREFIXES)}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+def build_reference(ctx: ServerContext) -> ServerSpec:
+    command = [
+        ctx.python, "-m", "uvicorn", "tests.bench.reference_app:app",
+        "--host", HOST, "--port", str(ctx.port),
+        "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--workers", "1", "--log-level", "warning",
+    ]  # fmt: skip
+    return ServerSpec(command=command, env=base_env(), cwd=REPO_ROOT)
+
+
+def build_berth(ctx: ServerContext) -> ServerSpec:
+    """berth exactly as production starts it: the CLI, JSON logs, a migrated database."""
+    env = base_env()
+    env.update(
+        {
+            "BERTH_HTTP__HOST": HOST,
+            "BERTH_HTTP__PORT": str(ctx.port),
+            "BERTH_DATABASE__URL": f"sqlite+aiosqlite:///{ctx.workdir / 'b.db'}",
+            "BERTH_OBSERVABILITY__LOG_FORMAT": "json",
+        }
+    )
+    # cwd is the temp dir, so a developer's `.env` in the repository cannot leak in.
+    return ServerSpec(
+        command=[ctx.python, "-m", "service", "serve"],
+        env=env,
+        cwd=ctx.workdir,
+        setup=[[ctx.python, "-m", "service", "migrate"]],
+    )
+
+
+REFERENCE = Server(name="reference", build=build_reference, ready_path="/info")
+BERTH = Server(name="berth", build=build_berth, ready_path="/api/v1/health/live")
+
+TARGETS: list[Target] = [
+    Target("a", "reference: bare FastAPI GET /info", REFERENCE, "/info"),
+    Target("b", "berth GET /api/v1/info, full stack", BERTH, "/api/v1/info"),
+]
+RATIOS: list[Ratio] = [
+    Ratio("b/a", numerator="b", denominator="a", minimum=0.75),
+]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _kill_group(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after `timeout`."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _pinned(cpu: int, command: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RunningServer:
+    """One server process in its own process group, output in files of its temp dir."""
+
+    def __init__(self, server: Server, python: str, root: Path) -> None:
+        self.server = server
+        self.workdir = root / server.name
+        self.workdir.mkdir()
+        self.port = free_port()
+        self.spec = server.build(ServerContext(python=python, port=self.port, workdir=self.workdir))
+        self.stdout_path = self.workdir / "stdout.log"
+        self.stderr_path = self.workdir / "stderr.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        for step in self.spec.setup:
+            log_path = self.workdir / "setup.log"
+            with log_path.open("ab") as log:
+                result = subprocess.run(
+                    step, env=self.spec.env, cwd=self.spec.cwd, stdout=log, stderr=log,
+                    timeout=SETUP_TIMEOUT_SECONDS, check=False,
+                )  # fmt: skip
+            if result.returncode != 0:
+                raise BenchError(
+                    f"{self.server.name}: setup {' '.join(step[1:])!r} failed "
+                    f"(exit {result.returncode}):\n{_tail(log_path)}"
+                )
+        # stdout (berth's JSON access log) goes to a file: writing it is part of the cost.
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                _pinned(SERVER_CPU, self.spec.command),
+                env=self.spec.env, cwd=self.spec.cwd, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self._wait_ready()
+        if self.server.prepare is not None:
+            self.server.prepare(self.base_url)
+
+    def _wait_ready(self) -> None:
+        url = self.base_url + self.server.ready_path
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise BenchError(
+                    f"{self.server.name} exited with {self.process.returncode} before it was "
+                    f"ready.\nstderr:\n{_tail(self.stderr_path)}\nstdout:\n"
+                    f"{_tail(self.stdout_path)}"
+                )
+            with contextlib.suppress(OSError):
+                if http_get(url)[0] == 200:
+                    return
+            time.sleep(0.1)
+        raise BenchError(f"{self.server.name} not ready at {url} after {READY_TIMEOUT_SECONDS}s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _kill_group(self.process, STOP_TIMEOUT_SECONDS)
+
+    def output_lines(self) -> int:
+        with contextlib.suppress(OSError), self.stdout_path.open("rb") as out:
+            return sum(1 for _ in out)
+        return 0
+
+
+def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@contextlib.contextmanager
+def running(servers: Sequence[Server], python: str) -> Iterator[dict[str, RunningServer]]:
+    """Start every server; stop them all (process groups) however the block ends."""
+    started: dict[str, RunningServer] = {}
+    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+        try:
+            for server in servers:
+                instance = RunningServer(server, python, Path(tmp))
+                started[server.name] = instance
+                instance.start()
+                print(f"  {server.name} ready on {instance.base_url} (pid {instance.process.pid})")  # type: ignore[union-attr]
+            yield started
+        finally:
+            for instance in started.values():
+                instance.stop()
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """wrk's path; installs it with apt-get when it is missing, or raises BenchError."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise BenchError("wrk is not installed and apt-get is not available; install wrk")
+    print("wrk not found; installing it with `apt-get install -y wrk` ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "wrk"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "env": env, "check": False}
+    result = subprocess.run(install, **quiet)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        print("apt-get install failed; running `apt-get update` and retrying ...", flush=True)
+        subprocess.run([apt, "update"], **quiet)  # type: ignore[call-overload]
+        result = subprocess.run(install, **quiet)  # type: ignore[call-overload]
+    found = shutil.which("wrk")
+    if result.returncode != 0 or not found:
+        detail = (result.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
+        raise BenchError(
+            "could not install wrk with `apt-get install -y wrk` (needs root and the Debian "
+            "mirror): " + " | ".join(detail)
+        )
+    return found
+
+
+def check_machine() -> None:
+    if shutil.which("taskset") is None:
+        raise BenchError("taskset is missing (Debian package util-linux)")
+    cpus = os.sched_getaffinity(0)
+    if not {SERVER_CPU, CLIENT_CPU} <= cpus:
+        raise BenchError(
+            f"needs CPUs {SERVER_CPU} (server) and {CLIENT_CPU} (wrk); this process may use "
+            f"{sorted(cpus)}"
+        )
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_LATENCY_LINE = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+(\d+(?:\.\d+)?)(us|ms|s|m|h)\s*$", re.M)
+_RPS_LINE = re.compile(r"^Requests/sec:\s+(\d+(?:\.\d+)?)", re.M)
+_TOTAL_LINE = re.compile(r"^\s*(\d+) requests in", re.M)
+_NON_2XX_LINE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests_per_second": round(self.requests_per_second, 2),
+            "p50_ms": round(self.p50_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "requests": self.requests,
+            "non_2xx": self.non_2xx,
+            "socket_errors": self.socket_errors,
+        }
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Parse `wrk --latency` output; latencies are converted to milliseconds."""
+    rps = _RPS_LINE.search(output)
+    total = _TOTAL_LINE.search(output)
+    percentiles = {
+        float(p): float(value) * _UNIT_MS[unit] for p, value, unit in _LATENCY_LINE.findall(output)
+    }
+    if rps is None or total is None or 50.0 not in percentiles or 99.0 not in percentiles:
+        raise BenchError(f"could not parse wrk output:\n{output}")
+    non_2xx = _NON_2XX_LINE.search(output)
+    sockets = _SOCKET_ERRORS.search(output)
+    return WrkResult(
+        requests_per_second=float(rps.group(1)),
+        p50_ms=percentiles[50.0],
+        p99_ms=percentiles[99.0],
+        requests=int(total.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+    )
+
+
+def run_wrk(
+    wrk: str, url: str, *, duration: float, connections: int, headers: Mapping[str, str]
+) -> WrkResult:
+    command = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    command.append(url)
+    process = subprocess.Popen(
+        _pinned(CLIENT_CPU, command),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=duration + 30)
+    finally:
+        _kill_group(process, 2.0)
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise BenchError(f"wrk exited with {process.returncode}:\n{text}")
+    return parse_wrk(text)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (5)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each run (1)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s (CI smoke)")
+    parser.add_argument("--targets", help="comma-separated target names (default: all)")
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="results JSON path")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2.0
+    if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.warmup < 0:
+        parser.error("--rounds, --duration and --connections must be positive")
+    return args
+
+
+def select_targets(names: str | None) -> list[Target]:
+    if not names:
+        return list(TARGETS)
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    known = {target.name: target for target in TARGETS}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise BenchError(f"unknown target(s) {unknown}; known: {sorted(known)}")
+    return [known[name] for name in wanted]
+
+
+def check_targets(targets: Sequence[Target], servers: Mapping[str, RunningServer]) -> None:
+    """One request per target before measuring: a benchmark of 404s measures nothing."""
+    for target in targets:
+        url = servers[target.server.name].base_url + target.path
+        status, body = http_get(url, target.headers)
+        if status != target.expect_status:
+            raise BenchError(
+                f"target {target.name}: GET {url} answered {status}, expected "
+                f"{target.expect_status}: {body[:300]!r}"
+            )
+        print(f"  {target.name}: GET {target.path} -> {status} {body[:120].decode(errors='replace')}")
+
+
+def median_of(runs: Sequence[WrkResult]) -> dict[str, float]:
+    return {
+        "requests_per_second": round(statistics.median(r.requests_per_second for r in runs), 2),
+        "p50_ms": round(statistics.median(r.p50_ms for r in runs), 3),
+        "p99_ms": round(statistics.median(r.p99_ms for r in runs), 3),
+    }
+
+
+def evaluate_ratios(medians: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    results = []
+    for ratio in RATIOS:
+        if ratio.numerator not in medians or ratio.denominator not in medians:
+            continue
+        value = (
+            medians[ratio.numerator]["requests_per_second"]
+            / medians[ratio.denominator]["requests_per_second"]
+        )
+        results.append(
+            {
+                "name": ratio.name,
+                "numerator": ratio.numerator,
+                "denominator": ratio.denominator,
+                "value": round(value, 3),
+                "minimum": ratio.minimum,
+                "met": value >= ratio.minimum,
+            }
+        )
+    return results
+
+
+def print_table(
+    targets: Sequence[Target],
+    medians: Mapping[str, Mapping[str, float]],
+    ratios: Sequence[Mapping[str, Any]],
+    out: TextIO = sys.stdout,
+) -> None:
+    width = max(len(t.description) for t in targets)
+    header = f"{'target':<7} {'':<{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+    print("", header, "-" * len(header), sep="\n", file=out)
+    for target in targets:
+        m = medians[target.name]
+        print(
+            f"{target.name:<7} {target.description:<{width}} {m['requests_per_second']:>10.1f} "
+            f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f}",
+            file=out,
+        )
+    if ratios:
+        print(file=out)
+    for ratio in ratios:
+        verdict = "met" if ratio["met"] else "MISSED"
+        print(
+            f"ratio {ratio['name']} (req/s) = {ratio['value']:.3f}   target >= "
+            f"{ratio['minimum']:.2f}   {verdict}",
+            file=out,
+        )
+
+
+def git_commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=5, check=False,
+        )  # fmt: skip
+        if result.returncode == 0:
+            return result.stdout.strip()
+    return None
+
+
+def wrk_version(wrk: str) -> str:
+    result = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    lines = (result.stdout or result.stderr).splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    check_machine()
+    wrk = ensure_wrk()
+    targets = select_targets(args.targets)
+    servers = list({t.server.name: t.server for t in targets}.values())
+    runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
+    print(
+        f"bench: {args.rounds} round(s) x {args.duration:g} s, {args.connections} connections, "
+        f"server on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}"
+    )
+    with running(servers, sys.executable) as started:
+        check_targets(targets, started)
+        for round_number in range(1, args.rounds + 1):
+            for target in targets:
+                url = started[target.server.name].base_url + target.path
+                options = {"connections": args.connections, "headers": target.headers}
+                if args.warmup > 0:
+                    run_wrk(wrk, url, duration=args.warmup, **options)  # type: ignore[arg-type]
+                result = run_wrk(wrk, url, duration=args.duration, **options)  # type: ignore[arg-type]
+                runs[target.name].append(result)
+                flag = ""
+                if result.non_2xx or result.socket_errors:
+                    flag = f"  (non-2xx {result.non_2xx}, socket errors {result.socket_errors})"
+                print(
+                    f"  round {round_number}/{args.rounds} {target.name}: "
+                    f"{result.requests_per_second:>9.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                    f"p99 {result.p99_ms:6.2f} ms{flag}",
+                    flush=True,
+                )
+        output_lines = {name: s.output_lines() for name, s in started.items()}
+    medians = {name: median_of(results) for name, results in runs.items()}
+    ratios = evaluate_ratios(medians)
+    print_table(targets, medians, ratios)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "wrk": wrk_version(wrk),
+        "settings": {
+            "rounds": args.rounds,
+            "duration_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "connections": args.connections,
+            "wrk_threads": 1,
+            "server_cpu": SERVER_CPU,
+            "client_cpu": CLIENT_CPU,
+        },
+        "targets": {
+            t.name: {
+                "description": t.description,
+                "server": t.server.name,
+                "path": t.path,
+                "median": medians[t.name],
+                "rounds": [r.as_dict() for r in runs[t.name]],
+            }
+            for t in targets
+        },
+        "server_stdout_lines": output_lines,
+        "ratios": ratios,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        results = bench(args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    missed = [r["name"] for r in results["ratios"] if not r["met"]]
+    print(f"\nresults written to {args.output}")
+    if missed:
+        print(f"MISSED: {', '.join(missed)} below target (a measurement, exit code stays 0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

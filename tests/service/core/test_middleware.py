@@ -1,0 +1,176 @@
+"""Request context, access log, security headers, CORS and trusted hosts, end to end."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.core.middleware import SecurityHeadersMiddleware
+from tests.conftest import ClientFactory
+from tests.support import assert_envelope, json_lines
+
+GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def test_well_formed_request_id_is_accepted_and_echoed(
+    probe_client: httpx.AsyncClient,
+) -> None:
+    response = await probe_client.get("/api/v1/info", headers={"X-Request-ID": "req-42.a:b_c"})
+
+    assert response.headers["x-request-id"] == "req-42.a:b_c"
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    ["x" * 65, "has space", "semi;colon", "", "ünïcode", "<script>"],
+    ids=["too-long", "space", "semicolon", "empty", "non-ascii", "markup"],
+)
+async def test_malformed_request_id_is_replaced(
+    probe_client: httpx.AsyncClient, incoming: str
+) -> None:
+    response = await probe_client.get(
+        "/api/v1/info", headers=[(b"x-request-id", incoming.encode())]
+    )
+
+    assert GENERATED_ID.match(response.headers["x-request-id"])
+
+
+async def test_request_id_of_64_chars_is_kept(probe_client: httpx.AsyncClient) -> None:
+    response = await probe_client.get("/api/v1/info", headers={"X-Request-ID": "a" * 64})
+
+    assert response.headers["x-request-id"] == "a" * 64
+
+
+async def test_missing_request_id_is_generated_fresh_per_request(
+    probe_client: httpx.AsyncClient,
+) -> None:
+    first = await probe_client.get("/api/v1/info")
+    second = await probe_client.get("/api/v1/info")
+
+    assert GENERATED_ID.match(first.headers["x-request-id"])
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+async def test_every_log_line_of_a_request_carries_its_request_id(
+    probe_client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    await probe_client.get("/api/v1/test/boom", headers={"X-Request-ID": "trace-me"})
+
+    lines = [
+        line for line in json_lines(capsys.readouterr().out) if line["logger"] != "httpx"
+    ]
+    assert {line["event"] for line in lines} == {"about_to_fail", "unhandled_error", "request"}
+    assert all(line["request_id"] == "trace-me" for line in lines)
+
+
+async def test_access_log_is_one_line_with_route_template_and_timing(
+    probe_client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    response = await probe_client.get("/api/v1/info?secret=x", headers={"X-Request-ID": "al-1"})
+
+    access = [line for line in json_lines(capsys.readouterr().out) if line["event"] == "request"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["logger"] == "berth.access"
+    assert line["method"] == "GET"
+    assert line["route"] == "/api/v1/info"
+    assert line["path"] == "/api/v1/info"  # no query string: it may carry secrets
+    assert line["status"] == 200
+    assert line["response_bytes"] == len(response.content)
+    assert line["client"] == "127.0.0.1"
+    assert line["request_id"] == "al-1"
+    assert isinstance(line["duration_ms"], float)
+    assert line["timestamp"].endswith("Z")
+
+
+async def test_access_log_skips_probes_and_scrapes(
+    probe_client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    for path in ("/api/v1/health/live", "/api/v1/health/ready", "/metrics"):
+        assert (await probe_client.get(path)).status_code == 200
+
+    lines = json_lines(capsys.readouterr().out)
+    assert not [line for line in lines if line["event"] == "request"]
+
+
+async def test_security_headers_are_on_every_response(probe_client: httpx.AsyncClient) -> None:
+    for response in (
+        await probe_client.get("/api/v1/info"),
+        await probe_client.get("/does-not-exist"),
+        await probe_client.get("/api/v1/test/boom"),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
+        assert "camera=()" in response.headers["permissions-policy"]
+        assert "strict-transport-security" not in response.headers
+
+
+async def _headers_from(app: SecurityHeadersMiddleware, scheme: str) -> dict[bytes, bytes]:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "scheme": scheme, "method": "GET", "path": "/", "headers": []}
+    await app(scope, receive, send)
+    return dict(sent[0]["headers"])
+
+
+async def _ok_app(scope: dict, receive: object, send: Callable) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize(
+    ("production", "scheme", "has_hsts"),
+    [(True, "https", True), (True, "http", False), (False, "https", False)],
+)
+async def test_hsts_only_in_production_behind_https(
+    production: bool, scheme: str, has_hsts: bool
+) -> None:
+    headers = await _headers_from(SecurityHeadersMiddleware(_ok_app, hsts=production), scheme)
+
+    assert (b"strict-transport-security" in headers) is has_hsts
+
+
+async def test_cors_answers_configured_origins_only(
+    probe_app: Callable[..., FastAPI], migrated_sqlite: str, client_for: ClientFactory
+) -> None:
+    client = await client_for(probe_app(http={"cors_origins": ["https://app.example.com"]}))
+    preflight = {"Access-Control-Request-Method": "POST"}
+
+    allowed = await client.options(
+        "/api/v1/test/items", headers={"Origin": "https://app.example.com", **preflight}
+    )
+    denied = await client.options(
+        "/api/v1/test/items", headers={"Origin": "https://evil.example.com", **preflight}
+    )
+
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "access-control-allow-origin" not in denied.headers
+    assert_envelope(denied, 400, "BadRequest", "/api/v1/test/items")
+
+
+async def test_trusted_hosts_reject_other_host_headers(
+    probe_app: Callable[..., FastAPI], migrated_sqlite: str, client_for: ClientFactory
+) -> None:
+    client = await client_for(probe_app(http={"trusted_hosts": ["api.example.com"]}))
+
+    good = await client.get("/api/v1/info", headers={"Host": "api.example.com"})
+    bad = await client.get("/api/v1/info", headers={"Host": "attacker.example.com"})
+
+    assert good.status_code == 200
+    body = assert_envelope(bad, 400, "BadRequest", "/api/v1/info")
+    assert body["message"] == "Invalid host header"

@@ -1,0 +1,75 @@
+"""The key-value store: Redis (real server) and the in-process fallback behave alike."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.core.config import RedisSettings
+from service.core.store import KeyValueStore, MemoryStore, create_store
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store_settings(request: pytest.FixtureRequest) -> RedisSettings:
+    if request.param == "redis":
+        return RedisSettings(url=request.getfixturevalue("redis_server"))
+    return RedisSettings(url=None, memory_max_entries=100)
+
+
+@pytest.fixture
+async def store(store_settings: RedisSettings) -> AsyncIterator[KeyValueStore]:
+    kv = create_store(store_settings)
+    assert kv.backend == ("memory" if store_settings.url is None else "redis")
+    yield kv
+    await kv.close()
+
+
+def key() -> str:
+    return f"berth-test:{uuid.uuid4().hex}"
+
+
+async def test_set_get_delete_round_trip(store: KeyValueStore) -> None:
+    k = key()
+    await store.set(k, b"value", ttl_seconds=30)
+
+    assert await store.get(k) == b"value"
+    assert await store.delete(k) == 1
+    assert await store.get(k) is None
+
+
+async def test_values_expire_after_their_ttl(store: KeyValueStore) -> None:
+    k = key()
+    await store.set(k, b"short-lived", ttl_seconds=1)
+
+    await asyncio.sleep(1.1)
+
+    assert await store.get(k) is None
+
+
+async def test_incr_counts_and_expires(store: KeyValueStore) -> None:
+    k = key()
+
+    counts = [await store.incr(k, ttl_seconds=1) for _ in range(3)]
+    await asyncio.sleep(1.1)
+
+    assert counts == [1, 2, 3]
+    assert await store.incr(k, ttl_seconds=1) == 1
+
+
+async def test_ping_answers(store: KeyValueStore) -> None:
+    await store.ping()
+
+
+async def test_memory_store_is_bounded_and_evicts_least_recently_used() -> None:
+    kv = MemoryStore(max_entries=3)
+    for name in ("a", "b", "c"):
+        await kv.set(name, name.encode(), ttl_seconds=60)
+    await kv.get("a")  # a is now the most recently used
+
+    await kv.set("d", b"d", ttl_seconds=60)
+
+    assert await kv.get("b") is None
+    assert [await kv.get(n) for n in ("a", "c", "d")] == [b"a", b"c", b"d"]

@@ -1,0 +1,47 @@
+"""OpenAPI: described, tagged, every route with a response model and the error envelope."""
+
+from __future__ import annotations
+
+import httpx
+
+from service import package_version
+
+HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+async def test_openapi_is_titled_versioned_and_tagged(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+
+    assert schema["info"]["title"] == "berth"
+    assert schema["info"]["version"] == package_version()
+    assert schema["info"]["description"]
+    assert {tag["name"] for tag in schema["tags"]} >= {"health", "info"}
+
+
+async def test_every_route_declares_a_response_model_and_the_error_envelope(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    operations = [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
+
+    assert operations
+    for path, method, operation in operations:
+        responses = operation["responses"]
+        success = responses["200"]["content"]["application/json"]["schema"]
+        assert "$ref" in success, f"{method} {path} has no response model"
+        for code in ("4XX", "5XX"):
+            ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorEnvelope"), f"{method} {path} {code}"
+        assert operation["tags"], f"{method} {path} has no tag"
+
+
+async def test_docs_are_served_locally(client: httpx.AsyncClient) -> None:
+    response = await client.get("/docs")
+
+    assert response.status_code == 200
+    assert "swagger" in response.text.lower()

@@ -21,9 +21,9 @@ from service.core.metrics import (
 from service.core.middleware import (
     AccessLogMiddleware,
     BodySizeLimitMiddleware,
+    ErrorEnvelopeMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
-    ErrorEnvelopeMiddleware,
 )
 from service.core.resources import close_resources, open_resources
 from service.core.tracing import instrument_app, instrument_clients, tracing_enabled

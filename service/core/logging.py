@@ -6,7 +6,9 @@ alembic) go through the same processors via `ProcessorFormatter`, so every line 
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -48,9 +50,16 @@ _ROUTED_STDLIB_LOGGERS = (
 )
 
 
+_SENSITIVE_PATTERN = re.compile("|".join(re.escape(marker) for marker in _SENSITIVE_MARKERS))
+# Values of these types are never containers, so they need no recursive redaction.
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+# Every log line checks every key, and the keys are few and fixed (field names), so the
+# answer is cached; the bound keeps arbitrary keys (nested mappings) from growing it forever.
+@functools.lru_cache(maxsize=2048)
 def is_sensitive_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(marker in lowered for marker in _SENSITIVE_MARKERS)
+    return _SENSITIVE_PATTERN.search(key.lower()) is not None
 
 
 def _redact_value(value: Any) -> Any:
@@ -65,11 +74,12 @@ def _redact_value(value: Any) -> Any:
 
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Replace values whose key names a secret (tokens, passwords, cookies, auth headers)."""
-    for key in list(event_dict):
+    # Reassigning existing keys while iterating is safe: the dict's size does not change.
+    for key, value in event_dict.items():
         if is_sensitive_key(key):
             event_dict[key] = REDACTED
-        elif isinstance(event_dict[key], Mapping | list | tuple):
-            event_dict[key] = _redact_value(event_dict[key])
+        elif type(value) not in _PLAIN_TYPES and isinstance(value, Mapping | list | tuple):
+            event_dict[key] = _redact_value(value)
     return event_dict
 
 

@@ -36,7 +36,9 @@ def instrument_app(app: FastAPI, settings: Settings, excluded_paths: list[str]) 
         {"service.name": settings.service_name, "service.version": settings.version}
     )
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # The signal path is appended as the OTLP spec says for OTEL_EXPORTER_OTLP_ENDPOINT.
+    endpoint = f"{str(settings.otel_exporter_otlp_endpoint).rstrip('/')}/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls=",".join(excluded_paths)
@@ -51,7 +53,9 @@ def instrument_clients(provider: Any, engine: AsyncEngine) -> Callable[[], None]
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     sqlalchemy = SQLAlchemyInstrumentor()
-    sqlalchemy.instrument(engine=engine.sync_engine, tracer_provider=provider)
+    # The instrumentation declares SQLAlchemy < 2.1 and otherwise refuses; its engine events
+    # work on 2.1 (tests/service/core/test_tracing.py proves the INSERT span arrives).
+    sqlalchemy.instrument(engine=engine.sync_engine, tracer_provider=provider, skip_dep_check=True)
     redis = RedisInstrumentor()
     if not redis.is_instrumented_by_opentelemetry:
         redis.instrument(tracer_provider=provider)

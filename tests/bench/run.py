@@ -440,7 +440,9 @@ def check_targets(targets: Sequence[Target], servers: Mapping[str, RunningServer
                 f"target {target.name}: GET {url} answered {status}, expected "
                 f"{target.expect_status}: {body[:300]!r}"
             )
-        print(f"  {target.name}: GET {target.path} -> {status} {body[:120].decode(errors='replace')}")
+        print(
+            f"  {target.name}: GET {target.path} -> {status} {body[:120].decode(errors='replace')}"
+        )
 
 
 def median_of(runs: Sequence[WrkResult]) -> dict[str, float]:

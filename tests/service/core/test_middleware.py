@@ -61,9 +61,7 @@ async def test_every_log_line_of_a_request_carries_its_request_id(
     capsys.readouterr()
     await probe_client.get("/api/v1/test/boom", headers={"X-Request-ID": "trace-me"})
 
-    lines = [
-        line for line in json_lines(capsys.readouterr().out) if line["logger"] != "httpx"
-    ]
+    lines = [line for line in json_lines(capsys.readouterr().out) if line["logger"] != "httpx"]
     assert {line["event"] for line in lines} == {"about_to_fail", "unhandled_error", "request"}
     assert all(line["request_id"] == "trace-me" for line in lines)
 

@@ -51,9 +51,7 @@ async def test_request_session_commits_only_when_the_route_succeeds(
     client: httpx.AsyncClient = await client_for(probe_app(database={"url": database_url}))
     email = unique_email()
 
-    response = await client.post(
-        "/api/v1/test/users", params={"email": email, "outcome": outcome}
-    )
+    response = await client.post("/api/v1/test/users", params={"email": email, "outcome": outcome})
 
     assert response.status_code == status
     assert await count_users(database_url, email) == rows

@@ -113,7 +113,9 @@ async def test_ready_is_degraded_not_down_when_optional_redis_is_unreachable(
     assert response.status_code == 200
     assert response.json()["status"] == "degraded"
     assert checks_of(response)["redis"] == {
-        **checks_of(response)["redis"], "status": "down", "required": False
+        **checks_of(response)["redis"],
+        "status": "down",
+        "required": False,
     }
 
 

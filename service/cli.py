@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
-from service.core.config import ConfigError, HttpSettings, Settings, ensure_safe, env_name
-from service.core.metrics import MULTIPROC_DIR_ENV
+from service.core.config import (
+    ConfigError,
+    Environment,
+    HttpSettings,
+    Settings,
+    ensure_safe,
+    env_name,
+)
 
 APP_FACTORY = "service.main:create_app"
+# Features that add subcommands: each module has `register(subparsers)` and keeps its heavy
+# imports inside its handlers, so `check-config` stays fast.
+FEATURE_COMMANDS: tuple[str, ...] = ()
 EXIT_CONFIG = 2
 
 
@@ -44,6 +57,9 @@ def load_settings() -> Settings:
 
 
 def _prepare_multiprocess_metrics() -> None:
+    # Imported here: it pulls in the web stack, which check-config and migrate do not need.
+    from service.core.metrics import MULTIPROC_DIR_ENV
+
     # Set before workers start so every worker writes to the same, fresh directory.
     directory = Path(os.environ.get(MULTIPROC_DIR_ENV) or tempfile.mkdtemp(prefix="berth-prom-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,15 +68,14 @@ def _prepare_multiprocess_metrics() -> None:
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    settings = load_settings()
+def uvicorn_options(
+    settings: Settings, *, host: str | None = None, port: int | None = None
+) -> dict[str, Any]:
+    """The uvicorn options `serve` runs with (host and port overridable from the command line)."""
     http = settings.http
-    workers = args.workers or http.workers
-    options = {
-        "host": args.host or http.host,
-        "port": args.port or http.port,
+    return {
+        "host": host or http.host,
+        "port": port or http.port,
         "loop": "uvloop",
         "http": "httptools",
         "access_log": False,  # we write our own access log line
@@ -71,13 +86,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": http.graceful_shutdown_seconds,
         "timeout_keep_alive": http.keepalive_seconds,
     }
+
+
+def _exit_after_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handling: re-raised by uvicorn after its graceful
+    shutdown, or received before it started serving. Nothing is in flight either way."""
+    raise SystemExit(0)
+
+
+def run_uvicorn(app: Any, options: Mapping[str, Any], **extra: Any) -> None:
+    """`uvicorn.run`, so that a SIGTERM-initiated graceful shutdown exits 0.
+
+    uvicorn handles SIGTERM itself (drain, lifespan shutdown) and then re-raises the signal
+    with the previous disposition restored; under the default disposition the process would
+    die by the signal (exit 143) after a clean shutdown. This handler makes that a clean exit.
+    """
+    import uvicorn
+
+    previous = signal.signal(signal.SIGTERM, _exit_after_sigterm)
+    try:
+        uvicorn.run(app, **options, **extra)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    options = uvicorn_options(settings, host=args.host, port=args.port)
+    workers = args.workers or settings.http.workers
     if workers > 1:
         _prepare_multiprocess_metrics()
-        uvicorn.run(APP_FACTORY, factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        run_uvicorn(APP_FACTORY, options, factory=True, workers=workers)
         return 0
     from service.main import create_app
 
-    uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+    run_uvicorn(create_app(settings), options)
     return 0
 
 
@@ -110,7 +153,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_openapi(args: argparse.Namespace) -> int:
     from service.main import create_app
 
-    schema = create_app(Settings(http=HttpSettings(docs_enabled=True))).openapi()
+    # The document describes the API, not a deployment: build it under local rules (docs on,
+    # no production checks) so it can also be generated inside a production-configured image.
+    settings = Settings(environment=Environment.LOCAL, http=HttpSettings(docs_enabled=True))
+    schema = create_app(settings).openapi()
     text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -141,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--output", "-o")
     openapi.set_defaults(handler=cmd_openapi)
+
+    for module_name in FEATURE_COMMANDS:
+        importlib.import_module(module_name).register(commands)
     return parser
 
 
@@ -151,3 +200,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         return _fail(str(exc))
+    except ValidationError as exc:  # settings built outside `load_settings` (openapi)
+        return _fail(_describe_validation_error(exc))

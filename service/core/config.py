@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
@@ -69,8 +70,51 @@ class RedisSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
+    """Tokens and password hashing. HS256 signs with `jwt_secret`; EdDSA/RS256 with key files."""
+
     jwt_secret: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
-    jwt_algorithm: Literal["HS256"] = "HS256"
+    jwt_algorithm: Literal["HS256", "EdDSA", "RS256"] = "HS256"
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str = "berth"
+    jwt_audience: str = "berth-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=300)
+    # argon2-cffi's RFC 9106 "low memory" profile; raising them rehashes on next login.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65_536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    @property
+    def uses_key_files(self) -> bool:
+        return self.jwt_algorithm != "HS256"
+
+
+class RateLimitSettings(BaseModel):
+    """Limits as "<count>/<second|minute|hour>" (e.g. "5/minute"); Redis-backed when configured."""
+
+    enabled: bool = True
+    login_per_account: str = "5/minute"
+    login_per_ip: str = "20/minute"
+    register_per_ip: str = "5/hour"
+    refresh_per_ip: str = "30/minute"
+    writes_per_principal: str = "120/minute"
+    # Proxies (IPs or CIDRs) whose X-Forwarded-For names the client; others are the client.
+    trusted_proxies: CommaList = Field(default_factory=list)
+
+    _split = field_validator("trusted_proxies", mode="before")(_split_commas)
+
+
+class TenantSettings(BaseModel):
+    """Tenant registry (a directory of files, one per tenant) and per-tenant engines."""
+
+    registry_dir: Path = Path("data/tenants")
+    registry_poll_seconds: float = Field(default=1.0, gt=0)
+    sqlite_dir: Path = Path("data/tenant-dbs")
+    engine_cache_size: int = Field(default=32, ge=1)
+    engine_pool_size: int = Field(default=2, ge=1)
+    engine_max_overflow: int = Field(default=3, ge=0)
+    engine_idle_seconds: float = Field(default=300.0, gt=0)
 
 
 class HttpSettings(BaseModel):
@@ -126,6 +170,8 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
@@ -152,7 +198,13 @@ def production_problems(settings: Settings) -> list[str]:
         return []
     problems: list[str] = []
     secret = settings.auth.jwt_secret.get_secret_value()
-    if secret == DEFAULT_JWT_SECRET or len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+    if settings.auth.uses_key_files:
+        for field in ("jwt_private_key_file", "jwt_public_key_file"):
+            key_file = getattr(settings.auth, field)
+            if key_file is None or not key_file.is_file():
+                problems.append(f"{env_name('auth', field)}: {settings.auth.jwt_algorithm} needs "
+                                "a readable key file")  # fmt: skip
+    elif secret == DEFAULT_JWT_SECRET or len(secret.encode()) < MIN_JWT_SECRET_BYTES:
         problems.append(
             f"{env_name('auth', 'jwt_secret')}: must be a random secret of at least "
             f"{MIN_JWT_SECRET_BYTES} bytes, not the default"
@@ -160,16 +212,16 @@ def production_problems(settings: Settings) -> list[str]:
     if "*" in settings.http.cors_origins and settings.http.cors_allow_credentials:
         problems.append(
             f"{env_name('http', 'cors_origins')}: '*' cannot be combined with "
-            f"{env_name('http', 'cors_allow_credentials')}=true; list the origins"
+            f"{env_name('http', 'cors_allow_credentials')}=true (list the origins)"
         )
     if settings.docs_enabled and not settings.http.docs_allow_in_production:
         problems.append(
-            f"{env_name('http', 'docs_enabled')}: API docs are on in production; set "
-            f"{env_name('http', 'docs_allow_in_production')}=true to opt in"
+            f"{env_name('http', 'docs_enabled')}: API docs are on in production (set "
+            f"{env_name('http', 'docs_allow_in_production')}=true to opt in)"
         )
     if settings.database.is_sqlite:
         problems.append(
-            f"{env_name('database', 'url')}: SQLite is for local use; "
+            f"{env_name('database', 'url')}: SQLite is for local use, "
             "point it at PostgreSQL (postgresql+asyncpg://...)"
         )
     if settings.redis.url is None:

@@ -10,6 +10,7 @@ import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
@@ -39,6 +40,8 @@ _SENSITIVE_MARKERS = (
     "credential",
     "private_key",
 )
+# Bumped by every `configure_logging`, so `BoundLoggerCache` rebinds after a reconfiguration.
+_configuration = 0
 _ROUTED_STDLIB_LOGGERS = (
     "uvicorn",
     "uvicorn.error",
@@ -118,12 +121,38 @@ def _orjson_dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
+class IsoUtcTimestamper:
+    """`structlog.processors.TimeStamper(fmt="iso", utc=True)`, cheaper: same text.
+
+    "2026-01-02T03:04:05.678901Z" (no fraction when it is zero, as `isoformat` does). The
+    part up to the second is formatted once per second instead of building a timezone-aware
+    datetime for every line, which was the dearest step of the access log.
+    """
+
+    def __init__(self, key: str = "timestamp") -> None:
+        self.key = key
+        # (second, "YYYY-MM-DDTHH:MM:SS") as one tuple: threads read it atomically.
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        microseconds = nanoseconds // 1000
+        event_dict[self.key] = (
+            f"{cached[1]}.{microseconds:06d}Z" if microseconds else f"{cached[1]}Z"
+        )
+        return event_dict
+
+
 def _shared_processors(*, with_trace: bool) -> list[Processor]:
     processors: list[Processor] = [
         _name_logger,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        IsoUtcTimestamper(key="timestamp"),
     ]
     if with_trace:
         processors.append(add_trace_context)
@@ -142,6 +171,7 @@ def configure_logging(
     settings: ObservabilitySettings, *, with_trace: bool = False, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the stdlib loggers; safe to call more than once."""
+    global _configuration
     out: TextIO = stream or _CurrentStdout()  # type: ignore[assignment]
     level = logging.getLevelName(settings.log_level)
     shared = _shared_processors(with_trace=with_trace)
@@ -156,6 +186,7 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _configuration += 1
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[
@@ -177,6 +208,26 @@ def configure_logging(
     logging.getLogger("uvicorn.access").disabled = True
     # SQLAlchemy logs statements at INFO when echo is on; otherwise keep it quiet.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+
+
+class BoundLoggerCache:
+    """A logger for hot paths (the access log): bound once per `configure_logging` call.
+
+    `get_logger` returns structlog's lazy proxy, which builds a new bound logger on every
+    call so that it always follows the current configuration. Here that is done once per
+    configuration instead; the output is the same line.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._configuration = -1
+        self._logger: Any = None
+
+    def get(self) -> Any:
+        if self._configuration != _configuration:
+            self._logger = get_logger(self._name).bind()
+            self._configuration = _configuration
+        return self._logger
 
 
 def get_logger(name: str) -> Any:

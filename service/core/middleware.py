@@ -6,11 +6,14 @@ error envelope -> (CORS, trusted hosts when configured) -> router.
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Any
 
 import structlog
 from prometheus_fastapi_instrumentator.routing import get_route_name
@@ -18,15 +21,19 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.errors import REQUEST_ID_SCOPE_KEY, envelope_bytes
-from service.core.logging import REQUEST_ID, get_logger
+from service.core.logging import REQUEST_ID, BoundLoggerCache, get_logger
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
 ROUTE_TEMPLATE_SCOPE_KEY = "berth.route_template"
+# Matched (method, root path, path) triples remembered per app; beyond this the least recently
+# used is dropped, so ids in paths (/items/1, /items/2, ...) cannot grow it without bound.
+ROUTE_TEMPLATE_CACHE_SIZE = 1024
 _REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._:\-]{1,%d}$" % MAX_REQUEST_ID_LENGTH)
 
 access_log = get_logger("berth.access")
 error_log = get_logger("berth.errors")
+_access_log = BoundLoggerCache("berth.access")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -34,6 +41,19 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def new_request_id() -> str:
+    """A fresh id in `uuid.uuid4().hex` form (32 hex digits, version 4, RFC 4122 variant).
+
+    Drawn from `random` rather than `os.urandom`, which costs a system call per request: a
+    request id only correlates log lines (clients may send their own), it guards nothing.
+    `random` is reseeded in forked workers, so workers do not repeat each other's ids.
+    """
+    bits = random.getrandbits(128)
+    bits = (bits & ~(0xC000 << 48)) | (0x8000 << 48)  # variant: RFC 4122
+    bits = (bits & ~(0xF000 << 64)) | (0x4000 << 64)  # version: 4
+    return f"{bits:032x}"
 
 
 def _request_id_of(scope: Scope) -> str | None:
@@ -73,7 +93,7 @@ class RequestContextMiddleware:
         if incoming is not None and _REQUEST_ID_PATTERN.match(incoming):
             request_id = incoming.decode()
         else:
-            request_id = uuid.uuid4().hex
+            request_id = new_request_id()
         scope[REQUEST_ID_SCOPE_KEY] = request_id
         header = (REQUEST_ID_HEADER, request_id.encode())
 
@@ -90,16 +110,63 @@ class RequestContextMiddleware:
             structlog.contextvars.clear_contextvars()
 
 
+class RouteTemplateCache:
+    """Route templates of one app by (method, root path, path), least recently used first out.
+
+    The instrumentator's `get_route_name` tries the app's routes one by one on every call;
+    a hit here is one dict lookup. Only matched requests are stored: an unknown path (a 404,
+    a scanner) is resolved every time and takes no memory. Routes are matched on method and
+    path only (berth has no host-based routes), so those make the key. Routes are taken to be
+    fixed once the app serves: one added later cannot shadow a path already remembered.
+    """
+
+    def __init__(self, size: int = ROUTE_TEMPLATE_CACHE_SIZE) -> None:
+        self.size = size
+        self._templates: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def resolve(self, scope: Scope) -> str | None:
+        key = (scope.get("method", ""), scope.get("root_path", ""), scope["path"])
+        template = self._templates.get(key)
+        if template is not None:
+            self._templates.move_to_end(key)
+            return template
+        template = get_route_name(Request(scope), should_include_root_path=True)
+        if template is not None:
+            self._templates[key] = template
+            if len(self._templates) > self.size:
+                self._templates.popitem(last=False)
+        return template
+
+
+# One cache per app (tests build several apps in one process), by id for a cheap lookup;
+# the entry goes when its app is garbage-collected, before the id can be reused.
+_route_caches: dict[int, RouteTemplateCache] = {}
+
+
+def route_template_cache(app: Any) -> RouteTemplateCache:
+    cache = _route_caches.get(id(app))
+    if cache is None:
+        cache = _route_caches[id(app)] = RouteTemplateCache()
+        weakref.finalize(app, _route_caches.pop, id(app), None)
+    return cache
+
+
 def route_template(scope: Scope) -> str | None:
     """The route template (`/api/v1/items/{item_id}`) a request matches, never the raw path.
 
     Resolved once per request and kept in the scope: the metrics middleware and the access log
-    both need it.
+    both need it. Across requests, each app's `RouteTemplateCache` remembers matched paths.
     """
     if ROUTE_TEMPLATE_SCOPE_KEY not in scope:
-        scope[ROUTE_TEMPLATE_SCOPE_KEY] = get_route_name(
-            Request(scope), should_include_root_path=True
-        )
+        app = scope.get("app")
+        if app is None:
+            template = get_route_name(Request(scope), should_include_root_path=True)
+        else:
+            template = route_template_cache(app).resolve(scope)
+        scope[ROUTE_TEMPLATE_SCOPE_KEY] = template
     template = scope[ROUTE_TEMPLATE_SCOPE_KEY]
     return template if isinstance(template, str) else None
 
@@ -131,7 +198,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_counting)
         finally:
             client = scope.get("client")
-            access_log.info(
+            _access_log.get().info(
                 "request",
                 method=scope["method"],
                 route=route_template(scope),
@@ -154,6 +221,7 @@ class SecurityHeadersMiddleware:
         (b"cross-origin-opener-policy", b"same-origin"),
     )
     _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+    _WITH_HSTS = (*_BASE, _HSTS)
 
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
@@ -163,9 +231,8 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = list(self._BASE)
-        if self.hsts and scope.get("scheme") == "https":
-            extra.append(self._HSTS)
+        https = self.hsts and scope.get("scheme") == "https"
+        extra = self._WITH_HSTS if https else self._BASE
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -49,6 +49,7 @@ CLIENT_CPU = 1
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 SETUP_TIMEOUT_SECONDS = 180.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Inherited variables that would change what is measured (a developer's shell, CI).
 _SCRUBBED_ENV_PREFIXES = ("BERTH_", "OTEL_", "PROMETHEUS_MULTIPROC_DIR")
 
@@ -247,6 +248,10 @@ class RunningServer:
             time.sleep(0.1)
         raise BenchError(f"{self.server.name} not ready at {url} after {READY_TIMEOUT_SECONDS}s")
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
     def stop(self) -> None:
         if self.process is not None:
             _kill_group(self.process, STOP_TIMEOUT_SECONDS)
@@ -276,15 +281,21 @@ def running(servers: Sequence[Server], python: str) -> Iterator[dict[str, Runnin
                 instance = RunningServer(server, python, Path(tmp))
                 started[server.name] = instance
                 instance.start()
-                print(f"  {server.name} ready on {instance.base_url} (pid {instance.process.pid})")  # type: ignore[union-attr]
+                print(f"  {server.name} ready on {instance.base_url} (pid {instance.pid})")
             yield started
         finally:
-            for instance in started.values():
-                instance.stop()
+            # A second Ctrl-C must not cut the cleanup short and leave servers running.
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
+            try:
+                for instance in started.values():
+                    instance.stop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 # --- wrk -------------------------------------------------------------------------------------
@@ -300,13 +311,18 @@ def ensure_wrk() -> str:
         raise BenchError("wrk is not installed and apt-get is not available; install wrk")
     print("wrk not found; installing it with `apt-get install -y wrk` ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "wrk"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "env": env, "check": False}
-    result = subprocess.run(install, **quiet)  # type: ignore[call-overload]
+
+    def apt_get(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [apt, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+            check=False, timeout=600,
+        )  # fmt: skip
+
+    result = apt_get("install", "-y", "wrk")
     if result.returncode != 0:
         print("apt-get install failed; running `apt-get update` and retrying ...", flush=True)
-        subprocess.run([apt, "update"], **quiet)  # type: ignore[call-overload]
-        result = subprocess.run(install, **quiet)  # type: ignore[call-overload]
+        apt_get("update")
+        result = apt_get("install", "-y", "wrk")
     found = shutil.which("wrk")
     if result.returncode != 0 or not found:
         detail = (result.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
@@ -378,7 +394,7 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(
-    wrk: str, url: str, *, duration: float, connections: int, headers: Mapping[str, str]
+    wrk: str, url: str, duration: float, connections: int, headers: Mapping[str, str]
 ) -> WrkResult:
     command = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     for name, value in headers.items():
@@ -402,8 +418,11 @@ def run_wrk(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (5)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
@@ -534,10 +553,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         for round_number in range(1, args.rounds + 1):
             for target in targets:
                 url = started[target.server.name].base_url + target.path
-                options = {"connections": args.connections, "headers": target.headers}
                 if args.warmup > 0:
-                    run_wrk(wrk, url, duration=args.warmup, **options)  # type: ignore[arg-type]
-                result = run_wrk(wrk, url, duration=args.duration, **options)  # type: ignore[arg-type]
+                    run_wrk(wrk, url, args.warmup, args.connections, target.headers)
+                result = run_wrk(wrk, url, args.duration, args.connections, target.headers)
                 runs[target.name].append(result)
                 flag = ""
                 if result.non_2xx or result.socket_errors:
@@ -583,14 +601,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    # Ctrl-C, `kill -INT` (even when inherited as ignored, as in background jobs) and SIGTERM
+    # all unwind through `running()`, which stops the servers' process groups.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
         results = bench(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bench: interrupted; servers stopped", file=sys.stderr)
+        print("bench: interrupted; servers stopped, nothing written", file=sys.stderr)
         return 130
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -20,8 +20,9 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced  ## create or refresh the environment from uv.lock
 
-run: install  ## migrate and serve on http://127.0.0.1:8000 (SQLite, in-process cache)
+run: install  ## migrate, seed the demo tenant, serve on http://127.0.0.1:8000 (no servers)
 	$(PY) -m service migrate
+	$(PY) -m service users seed-demo
 	$(PY) -m service serve
 
 test: install  ## the whole suite (real PostgreSQL and Redis on 127.0.0.1)

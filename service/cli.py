@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -29,7 +29,7 @@ from service.core.config import (
 APP_FACTORY = "service.main:create_app"
 # Features that add subcommands: each module has `register(subparsers)` and keeps its heavy
 # imports inside its handlers, so `check-config` stays fast.
-FEATURE_COMMANDS: tuple[str, ...] = ()
+FEATURE_COMMANDS: tuple[str, ...] = ("service.users.cli", "service.tenants.cli")
 EXIT_CONFIG = 2
 
 
@@ -125,6 +125,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.tenant or args.all_tenants:  # tenant databases have their own history
+        from service.tenants.cli import cmd_migrate_tenants
+
+        return cmd_migrate_tenants(args)
     from service.core.logging import configure_logging, get_logger
     from service.db import migrate
     from service.db.engine import safe_url
@@ -178,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="upgrade the database (advisory-locked)")
     migrate.add_argument("--revision", default="head")
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION")
+    tenants = migrate.add_mutually_exclusive_group()
+    tenants.add_argument("--tenant", metavar="SLUG", help="migrate this tenant's database")
+    tenants.add_argument("--all-tenants", action="store_true", help="every registered tenant")
     migrate.set_defaults(handler=cmd_migrate)
 
     check = commands.add_parser("check-config", help="validate settings; exit 2 if unsafe")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from service.articles.router import router as articles_router
+from service.auth.router import router as auth_router
+from service.auth.service import build_auth_context
 from service.core.config import Settings, ensure_safe
 from service.core.errors import ERROR_RESPONSES, install_error_handlers
-from service.core.logging import configure_logging, get_logger
+from service.core.logging import access_log, configure_logging, get_logger
 from service.core.metrics import (
     InstrumentatorMiddleware,
     Metrics,
@@ -25,11 +30,14 @@ from service.core.middleware import (
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
+from service.core.ratelimit import RateLimiter
 from service.core.resources import close_resources, open_resources
 from service.core.tracing import instrument_app, instrument_clients, tracing_enabled
 from service.health.router import router as health_router
 from service.health.service import build_probe
-from service.info.router import router as info_router
+from service.info.router import build_router as build_info_router
+from service.tenants.metrics import track_tenancy
+from service.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
 METRICS_PATH = "/metrics"
@@ -45,6 +53,9 @@ DESCRIPTION = (
 OPENAPI_TAGS = [
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "info", "description": "Build and environment of the running service."},
+    {"name": "auth", "description": "Log in, rotate and revoke tokens, self sign-up."},
+    {"name": "users", "description": "User management: tenant owners/admins, platform admins."},
+    {"name": "articles", "description": "Articles of the caller's tenant, in its own database."},
 ]
 
 log = get_logger(__name__)
@@ -58,16 +69,25 @@ def _lifespan(settings: Settings, metrics: Metrics, tracer_provider: object | No
         if tracer_provider is not None:
             resources.on_close.append(instrument_clients(tracer_provider, resources.engine))
         app.state.resources = resources
+        app.state.tenants = resources.tenants  # the TenantLookup other features read
+        track_tenancy(metrics.registry, resources.tenants, resources.tenant_engines)
         app.state.readiness = build_probe(resources)
+        # Start-up objects live as long as the process: take them out of the collector's
+        # reach so full collections stop pausing the event loop (docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         log.info(
             "startup_complete",
             environment=settings.environment.value,
             version=settings.version,
             store=resources.store.backend,
         )
+        log_flusher = asyncio.create_task(access_log.flush_periodically())
         try:
             yield
         finally:
+            log_flusher.cancel()
+            await asyncio.gather(log_flusher, return_exceptions=True)
             await close_resources(resources)
             mark_process_dead()
             log.info("shutdown_complete")
@@ -109,6 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics(version=settings.version, commit=settings.commit)
     docs = settings.docs_enabled
     app = FastAPI(
+        # FastAPI's native telemetry looks up the global OTel providers on every request;
+        # tracing is ours (service/core/tracing.py), on only when an endpoint is configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="berth",
         version=settings.version,
         description=DESCRIPTION,
@@ -119,10 +142,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
-    api.include_router(health_router)
-    api.include_router(info_router)
-    app.include_router(api)
+    # Built here, not in the lifespan: bad keys or limits refuse the start (ConfigError).
+    app.state.auth = build_auth_context(settings.auth)
+    app.state.rate_limiter = RateLimiter(settings.rate_limits, settings.redis.memory_max_entries)
+    # Each feature router is included directly under the prefix: in this FastAPI a router
+    # nested in another costs measurable time per request (docs/benchmarks.md).
+    routers = (health_router, build_info_router(settings), auth_router, users_router,
+               articles_router)  # fmt: skip
+    for router in routers:
+        app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     if settings.observability.metrics_enabled:
         install_metrics_route(app, metrics, METRICS_PATH)
     install_error_handlers(app)

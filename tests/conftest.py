@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,16 @@ from sqlalchemy import make_url
 from service.core.config import Settings
 from service.db import migrate
 from service.main import create_app
-from tests.support import PG_ADMIN_URL, REDIS_URL, unavailable
+from tests.support import (
+    PG_ADMIN_URL,
+    REDIS_URL,
+    KnownUser,
+    Spawned,
+    create_user,
+    identity_groups,
+    process_env,
+    unavailable,
+)
 
 AppFactory = Callable[..., FastAPI]
 ClientFactory = Callable[[FastAPI], Awaitable[httpx.AsyncClient]]
@@ -62,26 +73,29 @@ async def pg_template(pg_server: str) -> AsyncIterator[str]:
         await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@asynccontextmanager
+async def _throwaway_database(server: str, template: str | None = None) -> AsyncIterator[str]:
+    name = f"berth_test_{uuid.uuid4().hex[:12]}"
+    copy_of = f' TEMPLATE "{template}"' if template else ""
+    await _admin_execute(f'CREATE DATABASE "{name}"{copy_of}')
+    try:
+        yield _with_database(server, name)
+    finally:
+        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def pg_database(pg_server: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh, migrated database per test (a copy of the template), dropped afterwards."""
-    name = f"berth_test_{uuid.uuid4().hex[:12]}"
-    await _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    try:
-        yield _with_database(pg_server, name)
-    finally:
-        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with _throwaway_database(pg_server, template=pg_template) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_pg_database(pg_server: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all, for migration tests."""
-    name = f"berth_test_empty_{uuid.uuid4().hex[:12]}"
-    await _admin_execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_database(pg_server, name)
-    finally:
-        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with _throwaway_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -162,4 +176,60 @@ async def client(
     return await client_for(create_app(make_settings()))
 
 
-__all__ = ["AppFactory", "ClientFactory"]
+SpawnFactory = Callable[..., Spawned]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[SpawnFactory]:
+    """Start real processes: `spawn("-m", "service", "migrate", env=..., name=...)`.
+
+    Runs `sys.executable` with cwd=tmp_path (no `.env` there), in its own process group with
+    stdout/stderr in tmp files; the env defaults to `process_env()` (no outside BERTH_*).
+    Every group still alive at teardown is killed.
+    """
+    started: list[Spawned] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None, name: str = "proc") -> Spawned:
+        process = Spawned(
+            [sys.executable, *args],
+            env=process_env() if env is None else env,
+            cwd=tmp_path,
+            name=f"{name}-{len(started)}",
+        )
+        started.append(process)
+        return process
+
+    try:
+        yield factory
+    finally:
+        for process in started:
+            process.kill()
+
+
+__all__ = ["AppFactory", "ClientFactory", "SpawnFactory"]
+
+
+# Identity: an app with fast Argon2 on a given database, and users with known passwords.
+
+IdentityAppFactory = Callable[..., Awaitable[tuple[FastAPI, httpx.AsyncClient]]]
+UserFactory = Callable[..., Awaitable[KnownUser]]
+
+
+@pytest.fixture
+def identity_app(
+    make_settings: Callable[..., Settings], client_for: ClientFactory
+) -> IdentityAppFactory:
+    """`app, client = await identity_app(pg_database, **groups)`: started, fast Argon2,
+    rate limits off unless `rate_limits` is given (see tests.support.identity_groups)."""
+
+    async def factory(database_url: str, **groups: Any) -> tuple[FastAPI, httpx.AsyncClient]:
+        app = create_app(make_settings(**identity_groups(database_url, **groups)))
+        return app, await client_for(app)
+
+    return factory
+
+
+@pytest.fixture
+def user_factory() -> UserFactory:
+    """`await user_factory(app, role="admin", tenant_slug="acme")` -> KnownUser."""
+    return create_user

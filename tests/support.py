@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +171,192 @@ def service_env(**overrides: str) -> dict[str, str]:
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(overrides)
     return env
+
+
+# Real processes: the CLI, migrations and the server exactly as they run in a container.
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy `postgresql+asyncpg://` URL as a DSN that asyncpg.connect accepts."""
+    from sqlalchemy import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def process_env(**overrides: str) -> dict[str, str]:
+    """`service_env` for a process started in a tmp dir (so no `.env` is read either).
+
+    Also drops OTEL_* (tracing stays off) and puts the repository on PYTHONPATH, so that
+    `python -m tests...` modules import from any working directory.
+    """
+    env = {k: v for k, v in service_env().items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPOSITORY), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+class Spawned:
+    """A process started in its own session (process group), output kept in files."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], cwd: Path, name: str) -> None:
+        import subprocess
+
+        self.args = args
+        self.stdout_path = cwd / f"{name}.stdout"
+        self.stderr_path = cwd / f"{name}.stderr"
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                args, env=env, cwd=cwd, stdout=out, stderr=err, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def events(self) -> list[dict[str, object]]:
+        """The JSON log lines on stdout, in order."""
+        return json_lines(self.stdout())
+
+    def describe(self) -> str:
+        return (
+            f"{' '.join(self.args)} (exit {self.process.poll()})\n"
+            f"--- stdout ---\n{self.stdout()[-4000:]}\n--- stderr ---\n{self.stderr()[-4000:]}"
+        )
+
+    async def wait(self, timeout: float) -> int:
+        """The exit code; fails (and kills the group) if it takes longer than `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (code := self.process.poll()) is None:
+            if loop.time() > deadline:
+                self.kill()
+                pytest.fail(f"still running after {timeout} s: {self.describe()}", pytrace=False)
+            await asyncio.sleep(0.05)
+        return code
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the process itself (not its group), as a container runtime does."""
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group and reap the leader; safe to call twice."""
+        import signal
+
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=10)
+
+
+async def wait_until_live(base_url: str, server: Spawned, timeout: float = 30) -> None:
+    """Poll the liveness probe until it answers 200; fail early if the server exits."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient(base_url=base_url, timeout=1) as client:
+        while loop.time() < deadline:
+            if not server.running():
+                pytest.fail(f"server exited before it was live: {server.describe()}", pytrace=False)
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/api/v1/health/live")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    pytest.fail(f"server not live within {timeout} s: {server.describe()}", pytrace=False)
+
+
+async def connection_refused(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a new TCP connection to host:port is refused right now."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False
+
+
+def migrations_head() -> str | None:
+    """The head revision of berth's migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    from service.db.migrate import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+# Identity: settings for fast Argon2, users with a known password, bearer headers.
+
+FAST_ARGON2: dict[str, int] = {
+    "argon2_time_cost": 1,
+    "argon2_memory_kib": 8,
+    "argon2_parallelism": 1,
+}
+TEST_PASSWORD = "correct horse battery staple"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownUser:
+    """A user inserted by `create_user`, with the password it was given."""
+
+    id: uuid.UUID
+    email: str
+    password: str
+    role: str
+    tenant_slug: str | None
+
+
+def identity_groups(database_url: str, **groups: Any) -> dict[str, Any]:
+    """Settings groups for an app on `database_url` with fast Argon2 (merged into any `auth`
+    given) and, unless `rate_limits` is given, rate limiting off."""
+    auth = {**FAST_ARGON2, **groups.pop("auth", {})}
+    rate_limits = groups.pop("rate_limits", {"enabled": False})
+    return {"database": {"url": database_url}, "auth": auth, "rate_limits": rate_limits, **groups}
+
+
+async def create_user(
+    app: Any,
+    *,
+    role: str = "member",
+    tenant_slug: str | None = None,
+    email: str | None = None,
+    password: str = TEST_PASSWORD,
+    is_active: bool = True,
+) -> KnownUser:
+    """Insert a user through the service's own code path into a started app's database.
+
+    Tenant roles default to tenant "acme"; the hash uses the app's Argon2 parameters.
+    """
+    from service.users.models import Role
+    from service.users.repository import UserRepository
+    from service.users.service import NewUser, provision_user
+
+    if role != Role.PLATFORM_ADMIN and tenant_slug is None:
+        tenant_slug = "acme"
+    email = email or f"{role.replace('_', '-')}-{uuid.uuid4().hex[:10]}@example.com"
+    new = NewUser(email=email, password=password, role=Role(role), tenant_slug=tenant_slug)
+    async with app.state.resources.session_factory.begin() as session:
+        user = await provision_user(UserRepository(session), app.state.auth.passwords, new)
+        user.is_active = is_active
+    return KnownUser(user.id, email, password, role, tenant_slug)
+
+
+def bearer(app: Any, user: KnownUser, *, token_version: int = 0) -> dict[str, str]:
+    """An Authorization header for `user`, minted by the app's own codec (no login call)."""
+    token = app.state.auth.codec.issue(
+        user_id=user.id, tenant_slug=user.tenant_slug, role=user.role, token_version=token_version
+    )
+    return {"Authorization": f"Bearer {token.token}"}

@@ -84,6 +84,9 @@ class AuthSettings(BaseModel):
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_kib: int = Field(default=65_536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
+    # Hashes computed at once per process: each takes argon2_memory_kib, so this bounds the
+    # memory a burst of logins can claim (queued logins wait instead).
+    argon2_max_concurrent: int = Field(default=2, ge=1, le=64)
 
     @property
     def uses_key_files(self) -> bool:
@@ -115,6 +118,9 @@ class TenantSettings(BaseModel):
     engine_pool_size: int = Field(default=2, ge=1)
     engine_max_overflow: int = Field(default=3, ge=0)
     engine_idle_seconds: float = Field(default=300.0, gt=0)
+    # How long a request waits for an engine slot when every cached engine is in use (then
+    # 503): the cache bounds connections, so a burst of tenants queues instead of connecting.
+    engine_wait_seconds: float = Field(default=10.0, gt=0)
 
 
 class HttpSettings(BaseModel):
@@ -134,6 +140,13 @@ class HttpSettings(BaseModel):
     _split = field_validator("cors_origins", "trusted_hosts", "forwarded_allow_ips", mode="before")(
         _split_commas
     )
+
+
+class CacheSettings(BaseModel):
+    """Read-through caches (Redis, or the in-process store locally); every entry has a TTL."""
+
+    enabled: bool = True
+    article_ttl_seconds: int = Field(default=60, ge=1, le=86_400)
 
 
 class ObservabilitySettings(BaseModel):
@@ -172,6 +185,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 

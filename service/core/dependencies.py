@@ -1,4 +1,8 @@
-"""Request dependencies as Annotated aliases: settings, resources, the request's session."""
+"""Request dependencies as Annotated aliases: settings, resources, the request's session.
+
+All are `async def` even without awaiting: FastAPI runs a plain `def` dependency in a worker
+thread, which cost more than half the throughput of a cheap route (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
@@ -15,24 +19,24 @@ from service.core.store import KeyValueStore
 from service.db.engine import session_scope
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(resources: Annotated[Resources, Depends(get_resources)]) -> KeyValueStore:
+async def get_store(resources: Annotated[Resources, Depends(get_resources)]) -> KeyValueStore:
     return resources.store
 
 
 async def get_db_session(
     resources: Annotated[Resources, Depends(get_resources)],
 ) -> AsyncIterator[AsyncSession]:
-    async for session in session_scope(resources.session_factory):
+    async with session_scope(resources.session_factory) as session:
         yield session
 
 
@@ -47,7 +51,7 @@ DbSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
 _JSON_TYPES = frozenset({"application/json"})
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """415 unless a request that carries a body declares JSON (`application/json`, `+json`)."""
     has_body = request.headers.get("content-length", "0") != "0" or (
         "transfer-encoding" in request.headers

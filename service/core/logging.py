@@ -6,6 +6,7 @@ alembic) go through the same processors via `ProcessorFormatter`, so every line 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -187,6 +188,13 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _configuration += 1
+    access_log.configure(
+        fast=isinstance(renderer, structlog.processors.JSONRenderer) and level <= logging.INFO,
+        processors=[
+            processor for processor in shared if processor not in (_name_logger, redact_secrets)
+        ],
+        stream=out,
+    )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[
@@ -208,6 +216,56 @@ def configure_logging(
     logging.getLogger("uvicorn.access").disabled = True
     # SQLAlchemy logs statements at INFO when echo is on; otherwise keep it quiet.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+
+
+ACCESS_LOGGER = "berth.access"
+ACCESS_EVENT = "request"
+
+
+class AccessLog:
+    """The one line per request, written by the access-log middleware.
+
+    In JSON at INFO (the production case) the line is built by the same processor functions
+    as every other line (contextvars, level, timestamp, trace ids) and rendered with orjson,
+    without structlog's generic per-call machinery, which was most of the access log's cost.
+    Its fields are fixed and carry no secrets, so redaction is not needed. In any other
+    configuration it is an ordinary structlog call.
+    """
+
+    def __init__(self) -> None:
+        self._processors: list[Processor] = []
+        self._stream: TextIO | None = None
+        self._fallback = BoundLoggerCache(ACCESS_LOGGER)
+
+    def configure(self, *, fast: bool, processors: list[Processor], stream: TextIO) -> None:
+        self._processors = processors
+        self._stream = stream if fast else None
+
+    def __call__(self, fields: dict[str, Any]) -> None:
+        stream = self._stream
+        if stream is None:
+            self._fallback.get().info(ACCESS_EVENT, **fields)
+            return
+        fields["event"] = ACCESS_EVENT
+        fields["logger"] = ACCESS_LOGGER
+        for processor in self._processors:
+            fields = processor(None, "info", fields)  # type: ignore[assignment]  # dict in, dict out
+        # No flush per line (a write system call per request): `flush_periodically` in the
+        # lifespan flushes every `ACCESS_LOG_FLUSH_SECONDS`, and any other log line flushes too.
+        stream.write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    async def flush_periodically(self, interval_seconds: float = 0.2) -> None:
+        """Bound how long an access line may sit in the buffer; runs until cancelled."""
+        try:
+            while True:
+                await asyncio.sleep(interval_seconds)
+                self.flush()
+        finally:
+            self.flush()
 
 
 class BoundLoggerCache:
@@ -235,3 +293,6 @@ def get_logger(name: str) -> Any:
     # Initial values stay lazy (`.bind()` here would freeze the configuration of import time);
     # `logger` itself is a reserved keyword of get_logger, hence the rename processor.
     return structlog.get_logger(**{_LOGGER_NAME_KEY: name})
+
+
+access_log = AccessLog()

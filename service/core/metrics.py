@@ -65,9 +65,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        # Instrumentations that read only the `modified_*` fields of `Info` (not the response):
-        # with only these, `InstrumentatorMiddleware` takes its fast path.
-        self.request_only_instrumentations = frozenset({self.observe_latency})
         pool_labels = ("pool",)
         self.pool_size = Gauge(
             DB_POOL_SIZE, "Configured pool size.", pool_labels,
@@ -136,120 +133,83 @@ class Metrics:
         }
 
 
-# Bounds on what `InstrumentatorMiddleware` remembers per handler: exclusion answers and
-# in-progress gauge children (handlers are route templates or "none", so few in practice).
-_EXCLUSION_CACHE_SIZE = 1024
-_CHILD_CACHE_SIZE = 1024
+# Bound on the label children remembered per middleware: handlers are route templates or
+# "none" and statuses few, so this is never reached in practice; it only caps the worst case.
+_CHILD_CACHE_SIZE = 4096
 
 
 class InstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
-    """The instrumentator's middleware, with its in-progress gauge in our registry, made cheap.
+    """prometheus-fastapi-instrumentator's middleware with its per-request work cut down.
 
-    Upstream registers that gauge in the global registry, which breaks a second app in one
-    process; we hand it ours instead.
-
-    Upstream's `__call__` builds a `Request`, a `Response` and `Headers` per request, matches
-    the route by trying every route, tests the exclusion patterns and awaits an empty
-    `asyncio.gather`. Ours records the same metrics (the instrumentator's latency histogram
-    by handler/method/exact status, the in-progress gauge, excluded handlers skipped, unknown
-    paths as "none") with the cached route template, a cached exclusion answer and no response
-    object. Any other configuration (body handlers, async instrumentations, instrumentations
-    that read the response) goes through upstream's `__call__` unchanged.
+    It runs the configured instrumentations (the instrumentator's latency histogram, by
+    handler/method/exact status) and the in-progress gauge, skips excluded handlers and names
+    unknown paths "none", as upstream does; but upstream's `__call__` builds a Request, a
+    Response and Headers per request, tries every route and awaits an empty `gather`, while
+    this one reuses the request's cached route template and cached gauge children. Upstream
+    also registers the in-progress gauge in the global registry, which breaks a second app in
+    one process. Instrumentations here read only the `modified_*` fields of `Info`.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, **options: Any) -> None:
         super().__init__(app, should_instrument_requests_inprogress=False, **options)
-        self.should_instrument_requests_inprogress = True
-        self.inprogress_labels = True
-        self.inprogress = self._inprogress = metrics.inprogress
-        self._fast_path = (
-            not self.body_handlers
-            and not self.async_instrumentations
-            and all(i in metrics.request_only_instrumentations for i in self.instrumentations)
-        )
+        self.metrics = metrics
         self._excluded: dict[str, bool] = {}
-        self._inprogress_children: dict[tuple[str, str], Any] = {}
+        self._inprogress: dict[tuple[str, str], Any] = {}
 
-    def _get_handler(self, request: Request) -> tuple[str, bool]:
-        template = route_template(request.scope)
-        return (template, True) if template else (request.url.path, False)
+    def _inprogress_child(self, method: str, handler: str) -> Any:
+        child = self._inprogress.get((method, handler))
+        if child is None:
+            child = self.metrics.inprogress.labels(method, handler)
+            if len(self._inprogress) < _CHILD_CACHE_SIZE:
+                self._inprogress[method, handler] = child
+        return child
 
     def _handler_of(self, scope: Scope) -> tuple[str, bool]:
-        """(handler label, excluded) as upstream derives them, cached for templated handlers."""
+        """(handler label, excluded?) as upstream derives them."""
         template = route_template(scope)
         if template is None:
-            path = Request(scope).url.path
-            excluded = self._is_handler_excluded(path, False)
-            return ("none" if self.should_group_untemplated else path), excluded
-        cached = self._excluded.get(template)
-        if cached is None:
-            cached = self._is_handler_excluded(template, True)
-            if len(self._excluded) < _EXCLUSION_CACHE_SIZE:
-                self._excluded[template] = cached
-        return template, cached
+            return "none", self._is_handler_excluded(scope["path"], False)
+        excluded = self._excluded.get(template)
+        if excluded is None:
+            excluded = self._excluded[template] = self._is_handler_excluded(template, True)
+        return template, excluded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._fast_path:
-            await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        start_time = default_timer()
+        started = default_timer()
         handler, excluded = self._handler_of(scope)
         if excluded:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        inprogress = self._inprogress_children.get((method, handler))
-        if inprogress is None:
-            inprogress = self._inprogress.labels(method, handler)
-            if len(self._inprogress_children) < _CHILD_CACHE_SIZE:
-                self._inprogress_children[method, handler] = inprogress
+        inprogress = self._inprogress_child(method, handler)
         inprogress.inc()
-        status_code: Any = HTTPStatus.INTERNAL_SERVER_ERROR.value
-        response_start_time: float | None = None
+        status = HTTPStatus.INTERNAL_SERVER_ERROR.value
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status_code, response_start_time
+            nonlocal status
             if message["type"] == "http.response.start":
-                status_code = message["status"]
-                response_start_time = default_timer()
+                status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             inprogress.dec()
-            self._record(scope, method, handler, status_code, start_time, response_start_time)
-
-    def _record(
-        self,
-        scope: Scope,
-        method: str,
-        handler: str,
-        status_code: Any,
-        start_time: float,
-        response_start_time: float | None,
-    ) -> None:
-        duration = max(default_timer() - start_time, 0.0)
-        without_streaming = (
-            max(response_start_time - start_time, 0.0) if response_start_time else 0.0
-        )
-        if self.should_round_latency_decimals:
-            duration = round(duration, self.round_latency_decimals)
-            without_streaming = round(without_streaming, self.round_latency_decimals)
-        status = str(status_code.value if isinstance(status_code, HTTPStatus) else status_code)
-        if self.should_group_status_codes:
-            status = status[0] + "xx"
-        info = instrumentator_metrics.Info(
-            request=Request(scope),
-            response=None,
-            method=method,
-            modified_handler=handler,
-            modified_status=status,
-            modified_duration=duration,
-            modified_duration_without_streaming=without_streaming,
-        )
-        for instrumentation in self.instrumentations:
-            instrumentation(info)
+            duration = max(default_timer() - started, 0.0)
+            info = instrumentator_metrics.Info(
+                request=Request(scope),
+                response=None,
+                method=method,
+                modified_handler=handler,
+                modified_status=str(status),
+                modified_duration=duration,
+                modified_duration_without_streaming=duration,
+            )
+            for instrumentation in self.instrumentations:
+                instrumentation(info)
 
 
 def mark_process_dead() -> None:

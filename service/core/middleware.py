@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.errors import REQUEST_ID_SCOPE_KEY, envelope_bytes
-from service.core.logging import REQUEST_ID, BoundLoggerCache, get_logger
+from service.core.logging import REQUEST_ID, access_log, get_logger
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
@@ -31,9 +31,7 @@ ROUTE_TEMPLATE_SCOPE_KEY = "berth.route_template"
 ROUTE_TEMPLATE_CACHE_SIZE = 1024
 _REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._:\-]{1,%d}$" % MAX_REQUEST_ID_LENGTH)
 
-access_log = get_logger("berth.access")
 error_log = get_logger("berth.errors")
-_access_log = BoundLoggerCache("berth.access")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -102,7 +100,8 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        structlog.contextvars.clear_contextvars()
+        # Each request runs in its own task with a copy of the server's context; clearing at
+        # the end covers callers that share one task between requests (in-process clients).
         structlog.contextvars.bind_contextvars(**{REQUEST_ID: request_id})
         try:
             await self.app(scope, receive, send_with_id)
@@ -198,15 +197,16 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_counting)
         finally:
             client = scope.get("client")
-            _access_log.get().info(
-                "request",
-                method=scope["method"],
-                route=route_template(scope),
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                response_bytes=response_bytes,
-                client=client[0] if client else None,
+            access_log(
+                {
+                    "method": scope["method"],
+                    "route": route_template(scope),
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "response_bytes": response_bytes,
+                    "client": client[0] if client else None,
+                }
             )
 
 

@@ -14,6 +14,9 @@ from service.core.config import Settings
 from service.core.logging import get_logger
 from service.core.store import KeyValueStore, create_store
 from service.db.engine import create_engine, create_session_factory, safe_url
+from service.tenants.engines import TenantEngines
+from service.tenants.lifecycle import close_tenancy, open_tenancy
+from service.tenants.registry import TenantRegistry
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -29,6 +32,8 @@ class Resources:
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     store: KeyValueStore
+    tenants: TenantRegistry  # also `app.state.tenants` (a TenantLookup)
+    tenant_engines: TenantEngines
     on_close: list[Callable[[], Any]] = field(default_factory=list)
 
 
@@ -83,16 +88,20 @@ async def open_resources(settings: Settings) -> Resources:
         await store.close()
         await engine.dispose()
         raise
+    tenants, tenant_engines = await open_tenancy(settings)
     return Resources(
         settings=settings,
         engine=engine,
         session_factory=create_session_factory(engine),
         store=store,
+        tenants=tenants,
+        tenant_engines=tenant_engines,
     )
 
 
 async def close_resources(resources: Resources) -> None:
     for undo in reversed(resources.on_close):
         undo()
+    await close_tenancy(resources.tenants, resources.tenant_engines)
     await resources.store.close()
     await resources.engine.dispose()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,22 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+AFTER_COMMIT_KEY = "berth.after_commit"
+
+
+def after_commit(session: AsyncSession, hook: Callable[[], Awaitable[None]]) -> None:
+    """Run `hook` once this request's transaction has committed (e.g. cache invalidation,
+    which before the commit would let a concurrent reader cache the old row again)."""
+    session.info.setdefault(AFTER_COMMIT_KEY, []).append(hook)
+
+
+@asynccontextmanager
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """Commit when the caller finishes cleanly, roll back on any exception (HTTP ones too)."""
+    """Commit when the block finishes cleanly, roll back on any exception (HTTP ones too).
+
+    A context manager, so an exception raised in the block reaches the rollback right away
+    (a dependency iterating a bare generator would leave it to the garbage collector).
+    """
     async with factory() as session:
         try:
             yield session
@@ -77,6 +92,8 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
             await session.rollback()
             raise
         await session.commit()
+        for hook in session.info.pop(AFTER_COMMIT_KEY, []):
+            await hook()
 
 
 def create_engine_for_migrations(url: str) -> AsyncEngine:

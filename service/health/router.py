@@ -12,7 +12,7 @@ router = APIRouter(prefix="/health", tags=["health"])
 LIVE_RESPONSE = LiveResponse()
 
 
-def get_probe(request: Request) -> ReadinessProbe:
+async def get_probe(request: Request) -> ReadinessProbe:
     probe: ReadinessProbe = request.app.state.readiness
     return probe
 

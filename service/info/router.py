@@ -2,17 +2,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.core.dependencies import SettingsDep
+from service.core.config import Settings
 from service.info.schemas import InfoResponse
 
-router = APIRouter(tags=["info"])
 
-
-@router.get("/info", response_model=InfoResponse, summary="Service name, version and build")
-async def info(settings: SettingsDep) -> InfoResponse:
-    return InfoResponse(
+def build_router(settings: Settings) -> APIRouter:
+    """The info route, answering from values fixed at start-up (no I/O, no dependency)."""
+    router = APIRouter(tags=["info"])
+    response = InfoResponse(
         name=settings.service_name,
         version=settings.version,
         commit=settings.commit,
         environment=settings.environment.value,
     )
+
+    @router.get("/info", response_model=InfoResponse, summary="Service name, version and build")
+    async def info() -> InfoResponse:
+        return response
+
+    return router

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import CheckConstraint, DateTime, String, Uuid, func
@@ -20,6 +20,10 @@ class Role(StrEnum):
 
 
 ROLE_VALUES = tuple(role.value for role in Role)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class User(Base):
@@ -40,7 +44,11 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     # Bumped by logout-all: tokens minted under an older version stop working.
     token_version: Mapped[int] = mapped_column(default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set in Python as well as by the server: keyset pagination compares (created_at, id), and
+    # SQLite's CURRENT_TIMESTAMP has whole seconds in another text format than bound values.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), onupdate=utcnow
     )

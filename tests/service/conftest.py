@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -16,6 +18,10 @@ from service.core.dependencies import DbSession, RequireJson
 from service.core.errors import ERROR_RESPONSES, NotFound, RateLimited
 from service.core.logging import get_logger
 from service.main import create_app
+from service.tenants import provisioning
+from service.tenants.migrate import upgrade_tenant
+from service.tenants.registry import write_entry
+from service.tenants.schemas import TenantEntry, TenantStatus
 from service.users.models import User
 from tests.conftest import ClientFactory
 
@@ -96,3 +102,80 @@ async def probe_client(
 
 def unique_email() -> str:
     return f"user-{uuid.uuid4().hex[:10]}@example.com"
+
+
+# Tenants: registry directories, SQLite tenant databases at head, and tenants provisioned on
+# the real PostgreSQL with the provisioning code (dropped afterwards).
+
+
+def unique_slug(prefix: str = "t") -> str:
+    """Role and database names are cluster-wide: never reuse one across runs."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def sqlite_entry(
+    path: Path, slug: str, status: TenantStatus = TenantStatus.READY, **fields: object
+) -> TenantEntry:
+    return TenantEntry.model_validate(
+        {"slug": slug, "status": status, "database_url": f"sqlite+aiosqlite:///{path}", **fields}
+    )
+
+
+@pytest.fixture
+def registry_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "registry"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture(scope="session")
+async def tenant_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite tenant database at head; tests copy it (migrating each costs ~0.1 s)."""
+    path = tmp_path_factory.mktemp("tenant-template") / "template.db"
+    await upgrade_tenant(sqlite_entry(path, "template"))
+    return path
+
+
+SqliteTenants = Callable[..., list[TenantEntry]]
+
+
+@pytest.fixture
+def sqlite_tenants(tmp_path: Path, registry_dir: Path, tenant_template: Path) -> SqliteTenants:
+    """`sqlite_tenants("acme", "beta")`: migrated SQLite tenants, registered in registry_dir."""
+
+    def factory(*slugs: str, register: bool = True) -> list[TenantEntry]:
+        entries = []
+        for slug in slugs:
+            path = tmp_path / "tenant-dbs" / f"{slug}.db"
+            path.parent.mkdir(exist_ok=True)
+            shutil.copyfile(tenant_template, path)
+            entry = sqlite_entry(path, slug)
+            if register:
+                write_entry(registry_dir, entry)
+            entries.append(entry)
+        return entries
+
+    return factory
+
+
+ProvisionFactory = Callable[..., Awaitable[TenantEntry]]
+
+
+@pytest.fixture
+async def provision(pg_server: str) -> AsyncIterator[ProvisionFactory]:
+    """Provision PostgreSQL tenants the way the operator does (admin: `pg_server`); each one
+    is dropped at teardown (database WITH (FORCE), then role)."""
+    created: list[str] = []
+
+    async def factory(prefix: str = "t", *, migrate: bool = True) -> TenantEntry:
+        slug = unique_slug(prefix)
+        created.append(slug)
+        url = await provisioning.provision_postgres(pg_server, slug)
+        entry = TenantEntry.model_validate({"slug": slug, "database_url": url})
+        if migrate:
+            await upgrade_tenant(entry)
+        return entry
+
+    yield factory
+    for slug in created:
+        await provisioning.drop_postgres(pg_server, slug)

@@ -1,0 +1,1 @@
+"""Articles: tenant data, stored in each tenant's own database."""

@@ -1,0 +1,124 @@
+"""HTTP for articles: thin; the rules live in service.py, the queries in repository.py."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+
+from service.articles.cache import ArticleCache, RenderedArticle
+from service.articles.repository import ArticleRepository
+from service.articles.schemas import (
+    ArticleCreate,
+    ArticleFilters,
+    ArticleOut,
+    ArticlePage,
+    ArticlePatch,
+    ArticleSlug,
+)
+from service.articles.service import Actor, ArticleService, etag_matches
+from service.auth.dependencies import CurrentPrincipal, WriteRateLimit
+from service.core.dependencies import RequireJson, SettingsDep, StoreDep
+from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize, cursor_key
+from service.tenants.dependencies import CurrentTenant, TenantSession
+
+router = APIRouter(prefix="/articles", tags=["articles"], dependencies=[RequireJson])
+SlugParam = Annotated[ArticleSlug, Path(description="The article's slug")]
+IfMatch = Annotated[str | None, Header(description="ETag the change is based on (412 if stale)")]
+JSON = "application/json"
+
+
+async def get_article_service(
+    session: TenantSession, tenant: CurrentTenant, store: StoreDep, settings: SettingsDep
+) -> ArticleService:
+    cache = ArticleCache(
+        store, tenant.slug, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled
+    )
+    key = cursor_key(settings.auth.jwt_secret.get_secret_value().encode(), "articles")
+    return ArticleService(ArticleRepository(session), cache, cursor_key=key)
+
+
+Articles = Annotated[ArticleService, Depends(get_article_service)]
+
+
+def actor_of(principal: CurrentPrincipal) -> Actor:
+    return Actor(user_id=principal.user_id, role=principal.role)
+
+
+def _send(article: RenderedArticle, status: int = HTTPStatus.OK) -> Response:
+    # The rendered JSON is sent as is: a cache hit costs no model work at all.
+    return Response(article.body, status, media_type=JSON, headers={"ETag": article.etag})
+
+
+@router.get("", response_model=ArticlePage, summary="List articles (keyset pages)")
+async def list_articles(
+    articles: Articles,
+    filters: Annotated[ArticleFilters, Query()],
+    cursor: CursorParam = None,
+    limit: PageSize = DEFAULT_PAGE_SIZE,
+) -> ArticlePage:
+    return await articles.list_page(filters, cursor, limit)
+
+
+@router.post(
+    "",
+    response_model=ArticleOut,
+    status_code=HTTPStatus.CREATED,
+    dependencies=[WriteRateLimit],
+    summary="Create an article",
+)
+async def create_article(
+    data: ArticleCreate, articles: Articles, principal: CurrentPrincipal, request: Request
+) -> Response:
+    article = await articles.create(actor_of(principal), data)
+    response = _send(article, HTTPStatus.CREATED)
+    response.headers["Location"] = f"{request.url.path}/{article.slug}"
+    return response
+
+
+@router.get(
+    "/{slug}",
+    response_model=ArticleOut,
+    responses={304: {"description": "Not modified (If-None-Match)"}},
+    summary="Get an article by slug (cached; ETag)",
+)
+async def get_article(
+    slug: SlugParam,
+    articles: Articles,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    article = await articles.get(slug)
+    if etag_matches(if_none_match, article.etag):
+        return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": article.etag})
+    return _send(article)
+
+
+@router.patch(
+    "/{slug}",
+    response_model=ArticleOut,
+    dependencies=[WriteRateLimit],
+    summary="Change some fields of an article (If-Match for optimistic concurrency)",
+)
+async def patch_article(
+    slug: SlugParam,
+    patch: ArticlePatch,
+    articles: Articles,
+    principal: CurrentPrincipal,
+    if_match: IfMatch = None,
+) -> Response:
+    return _send(await articles.update(actor_of(principal), slug, patch, if_match))
+
+
+@router.delete(
+    "/{slug}",
+    status_code=HTTPStatus.NO_CONTENT,
+    response_class=Response,
+    dependencies=[WriteRateLimit],
+    summary="Delete an article",
+)
+async def delete_article(
+    slug: SlugParam, articles: Articles, principal: CurrentPrincipal, if_match: IfMatch = None
+) -> Response:
+    await articles.delete(actor_of(principal), slug, if_match)
+    return Response(status_code=HTTPStatus.NO_CONTENT)

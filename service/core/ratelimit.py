@@ -1,0 +1,261 @@
+"""Rate limits as route dependencies: GCRA in Redis (one Lua call), or in process.
+
+GCRA (the generic cell rate algorithm) keeps one number per key, the theoretical arrival
+time (TAT): a request is allowed when TAT - period + interval <= now, and then moves TAT on
+by one interval. That is a smooth "count per period" with bursts up to count, atomic in one
+round trip, and one small key per identity. Redis' own clock is used, so replicas with
+skewed clocks share one notion of time. Without Redis (`store.backend == "memory"`, the
+laptop) the same arithmetic runs in process, per application instance.
+
+Limits are "<count>/<second|minute|hour>" in RateLimitSettings, parsed at application
+start (ConfigError when invalid). Keys: `berth:rl:<rule>:<identity>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from fastapi import Depends, Request, Response
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from service.core.config import ConfigError, RateLimitSettings, env_name
+from service.core.errors import RateLimited
+from service.core.logging import get_logger
+from service.core.store import KeyValueStore, RedisStore
+
+log = get_logger(__name__)
+
+KEY_PREFIX: Final = "berth:rl:"
+PERIODS: Final = {"second": 1, "minute": 60, "hour": 3600}
+RULES: Final = (
+    "login_per_account",
+    "login_per_ip",
+    "register_per_ip",
+    "refresh_per_ip",
+    "writes_per_principal",
+)
+_RATE_PATTERN = re.compile(r"^\s*(\d{1,9})\s*/\s*(second|minute|hour)\s*$")
+DEFAULT_MEMORY_ENTRIES = 10_000
+RETRY_AFTER: Final = "Retry-After"
+LIMIT: Final = "RateLimit-Limit"
+REMAINING: Final = "RateLimit-Remaining"
+RESET: Final = "RateLimit-Reset"
+
+# KEYS[1]: the key. ARGV: interval (ms per request), count. Returns
+# {allowed, remaining, retry_after_ms, reset_ms}. Integer milliseconds throughout, so every
+# value stays exact in Lua's doubles and is written back without float formatting.
+GCRA_LUA: Final = """
+local interval = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * count
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', new_tat - now)
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    period_seconds: int
+
+    @property
+    def interval_ms(self) -> int:
+        return max(1, round(self.period_seconds * 1000 / self.count))
+
+    def __str__(self) -> str:
+        unit = next(name for name, seconds in PERIODS.items() if seconds == self.period_seconds)
+        return f"{self.count}/{unit}"
+
+
+def parse_rate(text: str, *, setting: str = "rate limit") -> Rate:
+    match = _RATE_PATTERN.match(text)
+    if match is None or int(match.group(1)) < 1:
+        raise ConfigError(f"{setting}: expected '<count>/<second|minute|hour>', got {text!r}")
+    return Rate(count=int(match.group(1)), period_seconds=PERIODS[match.group(2)])
+
+
+def parse_networks(
+    entries: list[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            setting = env_name("rate_limits", "trusted_proxies")
+            raise ConfigError(f"{setting}: {entry!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_ms: int
+    reset_ms: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            LIMIT: str(self.limit),
+            REMAINING: str(max(0, self.remaining)),
+            RESET: str(math.ceil(max(0, self.reset_ms) / 1000)),
+        }
+
+
+class MemoryGcra:
+    """The Lua script's arithmetic in process, bounded like the in-process store (LRU)."""
+
+    def __init__(self, max_entries: int = DEFAULT_MEMORY_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._tats: OrderedDict[str, int] = OrderedDict()
+
+    def hit(self, key: str, rate: Rate) -> Decision:
+        now = time.monotonic_ns() // 1_000_000
+        interval = rate.interval_ms
+        tat = max(self._tats.get(key, now), now)
+        new_tat = tat + interval
+        allow_at = new_tat - interval * rate.count
+        if allow_at > now:
+            return Decision(False, rate.count, 0, allow_at - now, tat - now)
+        self._tats[key] = new_tat
+        self._tats.move_to_end(key)
+        while len(self._tats) > self.max_entries:
+            self._tats.popitem(last=False)
+        return Decision(True, rate.count, (now - allow_at) // interval, 0, new_tat - now)
+
+
+class RateLimiter:
+    """One per application (app.state.rate_limiter); the store decides Redis or memory."""
+
+    def __init__(self, settings: RateLimitSettings, memory_entries: int = DEFAULT_MEMORY_ENTRIES):
+        self.enabled = settings.enabled
+        self.rates = {
+            rule: parse_rate(getattr(settings, rule), setting=env_name("rate_limits", rule))
+            for rule in RULES
+        }
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.memory = MemoryGcra(memory_entries)
+        self._script: AsyncScript | None = None
+        self._script_client: Redis | None = None
+
+    def _gcra_script(self, client: Redis) -> AsyncScript:
+        # Registered once per client; redis-py runs it by SHA and loads it again if needed.
+        if self._script is None or self._script_client is not client:
+            self._script = client.register_script(GCRA_LUA)
+            self._script_client = client
+        return self._script
+
+    async def hit(self, store: KeyValueStore, rule: str, identity: str) -> Decision:
+        rate = self.rates[rule]
+        key = f"{KEY_PREFIX}{rule}:{identity}"
+        if not isinstance(store, RedisStore):
+            return self.memory.hit(key, rate)
+        script = self._gcra_script(store.client)
+        allowed, remaining, retry_after, reset = await script(
+            keys=[key], args=[rate.interval_ms, rate.count]
+        )
+        return Decision(bool(allowed), rate.count, int(remaining), int(retry_after), int(reset))
+
+    def client_ip(self, request: Request) -> str:
+        """The socket peer, unless it is a trusted proxy: then the right-most untrusted
+        X-Forwarded-For entry (entries left of it are whatever the client chose to send)."""
+        peer = request.client.host if request.client else "unknown"
+        if not self._is_trusted(peer):
+            return peer
+        hops = [
+            hop.strip()
+            for header in request.headers.getlist("x-forwarded-for")
+            for hop in header.split(",")
+            if hop.strip()
+        ]
+        addresses = [_parse_ip(hop) for hop in hops]
+        for address in reversed(addresses):
+            if address is None:
+                return peer  # a malformed chain is not evidence of anything
+            if not self._is_trusted(address):
+                return address
+        # Every hop is one of ours (or there is none): the left-most is the closest we know.
+        return addresses[0] or peer if addresses else peer
+
+    def _is_trusted(self, address: str) -> bool:
+        if not self.trusted_proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
+
+
+def _parse_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def account_identity(email: str) -> str:
+    """Keys name accounts by a hash: no addresses in Redis, and a bounded key length."""
+    return hashlib.sha256(email.encode()).hexdigest()[:32]
+
+
+def _set_allowed_headers(response: Response, decision: Decision) -> None:
+    # With several limits on one route, the client is told about the tightest.
+    current = response.headers.get(REMAINING)
+    if current is not None and int(current) <= decision.remaining:
+        return
+    response.headers.update(decision.headers())
+
+
+async def enforce(request: Request, response: Response, rule: str, identity: str) -> None:
+    """Count one request against `rule` for `identity`; RateLimited (429) when over."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if not limiter.enabled:
+        return
+    store: KeyValueStore = request.app.state.resources.store
+    try:
+        decision = await limiter.hit(store, rule, identity)
+    except RedisError as exc:
+        # Fail open: a Redis outage already fails readiness; limits must not add a 500.
+        log.warning("rate_limit_unavailable", rule=rule, error=type(exc).__name__)
+        return
+    if not decision.allowed:
+        log.info("rate_limited", rule=rule)
+        raise RateLimited(math.ceil(decision.retry_after_ms / 1000), headers=decision.headers())
+    _set_allowed_headers(response, decision)
+
+
+def limit_by_client_ip(rule: str) -> Callable[[Request, Response], Awaitable[None]]:
+    """A dependency that limits `rule` per client IP (see RateLimiter.client_ip)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rate-limit rule {rule!r}")
+
+    async def dependency(request: Request, response: Response) -> None:
+        limiter: RateLimiter = request.app.state.rate_limiter
+        await enforce(request, response, rule, limiter.client_ip(request))
+
+    return dependency
+
+
+LoginIpRateLimit = Annotated[None, Depends(limit_by_client_ip("login_per_ip"))]
+RegisterIpRateLimit = Annotated[None, Depends(limit_by_client_ip("register_per_ip"))]
+RefreshIpRateLimit = Annotated[None, Depends(limit_by_client_ip("refresh_per_ip"))]

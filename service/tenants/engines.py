@@ -1,0 +1,325 @@
+"""Per-tenant engines: a bounded LRU of small pools, so N tenants never mean N full pools.
+
+At most `engine_cache_size` engines are open at any moment, counting those retired and still
+finishing their sessions, so the connections one replica can hold to tenant databases are at
+most `engine_cache_size x (engine_pool_size + engine_max_overflow)`. When the cache is full
+and a new tenant needs an engine, the least recently used idle engine is disposed; when every
+engine is in use, the request waits (up to `engine_wait_seconds`, then 503) rather than
+opening one more pool.
+
+Sessions hold a lease on their engine. An engine that leaves the cache (capacity, idleness,
+or a registry change such as a removed tenant or a rotated password) is disposed only when
+its last lease ends: an in-flight session finishes on the connection it has, and no session
+can open a new pool behind a disposed engine's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+from sqlalchemy import event, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import QueuePool
+
+from service.core.config import DatabaseSettings, TenantSettings
+from service.core.errors import DomainError
+from service.core.logging import get_logger
+from service.db.engine import _sqlite_pragmas, create_engine, create_session_factory
+from service.tenants.schemas import TenantEntry, TenantLookup
+
+if TYPE_CHECKING:
+    from service.tenants.metrics import TenantMetrics
+    from service.tenants.registry import RegistryChanges
+
+log = get_logger(__name__)
+RETRY_AFTER_SECONDS = 1
+
+
+class TenantsBusy(DomainError):
+    """Every tenant engine slot is in use and none came free in time."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    message = "Too many tenants are active at once; retry shortly"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def create_tenant_engine(
+    url: str, database: DatabaseSettings, tenants: TenantSettings
+) -> AsyncEngine:
+    """A small pool on the tenant's own database URL; timeouts and pre-ping as the control
+    plane's, sizes from `TenantSettings`."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(
+            database.model_copy(
+                update={
+                    "url": SecretStr(url),
+                    "pool_size": tenants.engine_pool_size,
+                    "max_overflow": tenants.engine_max_overflow,
+                }
+            )
+        )
+    # The shared factory leaves SQLite on SQLAlchemy's default pool (5 + 10): size it here so
+    # the bound holds locally too.
+    engine = create_async_engine(
+        parsed,
+        echo=database.echo,
+        hide_parameters=True,
+        pool_size=tenants.engine_pool_size,
+        max_overflow=tenants.engine_max_overflow,
+        pool_timeout=database.pool_timeout_seconds,
+    )
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+@dataclass(eq=False)
+class _Slot:
+    slug: str
+    url: str = field(repr=False)
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    last_used: float
+    leases: int = 0
+    retired_for: str | None = None  # eviction reason once out of the cache
+    disposed: bool = False
+
+
+class TenantEngines:
+    """The bounded engine cache; `Resources.tenant_engines`."""
+
+    def __init__(
+        self,
+        tenants: TenantSettings,
+        database: DatabaseSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = tenants
+        self._database = database
+        self._clock = clock
+        self._cached: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
+        self._retiring: set[_Slot] = set()
+        self._disposals: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._checked_out = 0
+        self._closed = False
+        self._metrics: TenantMetrics | None = None
+
+    # -- observation -------------------------------------------------------------------
+
+    def attach_metrics(self, metrics: TenantMetrics) -> None:
+        self._metrics = metrics
+        self._observe()
+
+    @property
+    def open_engines(self) -> int:
+        """Engines holding (or able to hold) connections: cached plus retiring."""
+        return len(self._cached) + len(self._retiring)
+
+    @property
+    def checked_out(self) -> int:
+        return self._checked_out
+
+    def cached_slugs(self) -> list[str]:
+        """Tenants with a cached engine, least recently used first."""
+        return list(self._cached)
+
+    def open_connections(self) -> int:
+        """Connections held by every open tenant pool, in use or idle."""
+        total = 0
+        for slot in [*self._cached.values(), *self._retiring]:
+            pool = slot.engine.sync_engine.pool
+            if isinstance(pool, QueuePool):
+                total += pool.checkedin() + pool.checkedout()
+        return total
+
+    def _observe(self) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.engines_open.set(self.open_engines)
+        self._metrics.connections_checked_out.set(self._checked_out)
+
+    def _on_checkout(self, *_: Any) -> None:
+        self._checked_out += 1
+        self._observe()
+
+    def _on_checkin(self, *_: Any) -> None:
+        # Fires on the pool the connection came from, even after that engine was disposed.
+        self._checked_out -= 1
+        self._observe()
+
+    # -- leases --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, entry: TenantEntry) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+        """The tenant's session factory, its engine kept open until the block ends."""
+        slot = await self._acquire(entry)
+        try:
+            yield slot.sessions
+        finally:
+            self._release(slot)
+
+    async def _acquire(self, entry: TenantEntry) -> _Slot:
+        url = entry.database_url.get_secret_value()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.engine_wait_seconds
+        while True:
+            if self._closed:
+                raise RuntimeError("tenant engines are closed")
+            slot = self._try_acquire(entry.slug, url)
+            if slot is not None:
+                return slot
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("tenant_engines_busy", tenant=entry.slug, engines=self.open_engines)
+                raise TenantsBusy()
+            await self._wait(loop, remaining)
+
+    def _try_acquire(self, slug: str, url: str) -> _Slot | None:
+        """Lease the tenant's engine, opening one if there is room; None means wait."""
+        slot = self._cached.get(slug)
+        if slot is not None and slot.url != url:
+            self._retire(slot, "registry")  # the entry changed (e.g. a rotated password)
+            slot = None
+        if slot is None:
+            if self.open_engines >= self.settings.engine_cache_size:
+                self._make_room()
+                return None
+            slot = self._open(slug, url)
+        slot.leases += 1
+        self._cached.move_to_end(slug)
+        return slot
+
+    def _make_room(self) -> None:
+        """Retire the least recently used idle engine, unless one is already on its way out
+        for room (its disposal wakes the waiters; retiring more would over-evict)."""
+        if any(slot.retired_for == "capacity" for slot in self._retiring):
+            return
+        for slot in self._cached.values():
+            if slot.leases == 0:
+                self._retire(slot, "capacity")
+                return
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, seconds)
+        except TimeoutError:
+            return
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _release(self, slot: _Slot) -> None:
+        # Synchronous on purpose: it runs in `finally` blocks, also of cancelled requests.
+        slot.leases -= 1
+        slot.last_used = self._clock()
+        if slot.retired_for is not None and slot.leases == 0:
+            self._schedule_dispose(slot)
+        self._wake()
+
+    # -- opening and disposing -----------------------------------------------------------
+
+    def _open(self, slug: str, url: str) -> _Slot:
+        engine = create_tenant_engine(url, self._database, self.settings)
+        pool = engine.sync_engine.pool
+        event.listen(pool, "checkout", self._on_checkout)
+        event.listen(pool, "checkin", self._on_checkin)
+        slot = _Slot(slug, url, engine, create_session_factory(engine), self._clock())
+        self._cached[slug] = slot
+        self._observe()
+        return slot
+
+    def _retire(self, slot: _Slot, reason: str) -> None:
+        """Take the engine out of the cache; dispose it now if idle, else at its last lease."""
+        if self._cached.get(slot.slug) is slot:
+            del self._cached[slot.slug]
+        slot.retired_for = reason
+        self._retiring.add(slot)
+        if self._metrics is not None:
+            self._metrics.evictions.labels(reason=reason).inc()
+        log.info("tenant_engine_evicted", tenant=slot.slug, reason=reason, leases=slot.leases)
+        if slot.leases == 0:
+            self._schedule_dispose(slot)
+        self._observe()
+
+    def _schedule_dispose(self, slot: _Slot) -> None:
+        task = asyncio.create_task(self._dispose(slot), name=f"dispose-tenant-engine-{slot.slug}")
+        self._disposals.add(task)
+        task.add_done_callback(self._disposals.discard)
+
+    async def _dispose(self, slot: _Slot) -> None:
+        try:
+            if not slot.disposed:
+                slot.disposed = True
+                await slot.engine.dispose()
+        except Exception as exc:  # a dead server must not keep the slot forever
+            log.warning("tenant_engine_dispose_failed", tenant=slot.slug, error=type(exc).__name__)
+        finally:
+            self._retiring.discard(slot)
+            self._observe()
+            self._wake()
+
+    async def wait_disposed(self) -> None:
+        """Wait for the disposals under way (engines still leased are not under way yet)."""
+        while self._disposals:
+            await asyncio.gather(*self._disposals)
+
+    # -- policies driven by the registry watcher -----------------------------------------
+
+    async def reconcile(self, lookup: TenantLookup) -> None:
+        """Retire engines of tenants removed, no longer served, or whose URL changed."""
+        for slot in list(self._cached.values()):
+            entry = lookup.get(slot.slug)
+            url = None if entry is None else entry.database_url.get_secret_value()
+            if entry is None or not entry.is_serving or url != slot.url:
+                self._retire(slot, "registry")
+        await self.wait_disposed()
+
+    async def dispose_idle(self) -> None:
+        """Retire engines nobody used for `engine_idle_seconds`."""
+        cutoff = self._clock() - self.settings.engine_idle_seconds
+        for slot in list(self._cached.values()):
+            if slot.leases == 0 and slot.last_used <= cutoff:
+                self._retire(slot, "idle")
+        await self.wait_disposed()
+
+    async def on_registry_poll(self, lookup: TenantLookup, changes: RegistryChanges) -> None:
+        """The watcher's hook: follow registry changes, then sweep idle engines."""
+        if changes:
+            await self.reconcile(lookup)
+        await self.dispose_idle()
+
+    async def close(self) -> None:
+        """Dispose every engine (shutdown: requests have drained; any straggler's connection
+        is closed when it is checked back in)."""
+        self._closed = True
+        self._wake()
+        slots = [*self._cached.values(), *self._retiring]
+        self._cached.clear()
+        await self.wait_disposed()
+        for slot in slots:
+            await self._dispose(slot)

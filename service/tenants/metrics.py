@@ -1,0 +1,95 @@
+"""Tenant metrics, registered into the app's registry (`app.state.metrics.registry`).
+
+Names are defined here once; dashboards and alert rules take them from this module. They
+are aggregates on purpose: a label per tenant would grow without bound with the tenants.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from service.tenants.schemas import TenantEntry, TenantStatus
+
+if TYPE_CHECKING:
+    from service.tenants.engines import TenantEngines
+    from service.tenants.registry import TenantRegistry
+
+TENANT_ENGINES_OPEN = "berth_tenant_engines_open"
+TENANT_CONNECTIONS_CHECKED_OUT = "berth_tenant_connections_checked_out"
+# prometheus_client adds `_total` to counters; this is the name as scraped.
+TENANT_ENGINE_EVICTIONS = "berth_tenant_engine_evictions_total"
+TENANT_REGISTRY_ENTRIES = "berth_tenant_registry_entries"
+TENANT_REGISTRY_INVALID = "berth_tenant_registry_invalid_entries"
+
+# Why an engine left the cache: the LRU needed room, it sat idle too long, or the registry
+# removed the tenant, stopped serving it or changed its database URL (password rotation).
+EVICTION_REASONS = ("capacity", "idle", "registry")
+
+
+class TenantMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.engines_open = Gauge(
+            TENANT_ENGINES_OPEN,
+            "Tenant engines open (cached, or retired and waiting for their sessions to end).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.connections_checked_out = Gauge(
+            TENANT_CONNECTIONS_CHECKED_OUT,
+            "Connections checked out across all tenant pools.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.evictions = Counter(
+            TENANT_ENGINE_EVICTIONS.removesuffix("_total"),
+            "Tenant engines disposed, by reason (capacity, idle, registry).",
+            ("reason",),
+            registry=registry,
+        )
+        for reason in EVICTION_REASONS:
+            self.evictions.labels(reason=reason)  # every series exists from the start, at 0
+        self.registry_entries = Gauge(
+            TENANT_REGISTRY_ENTRIES,
+            "Valid tenant registry entries, by status.",
+            ("status",),
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.registry_invalid = Gauge(
+            TENANT_REGISTRY_INVALID,
+            "Registry files skipped as malformed (see the tenant_entry_skipped log event).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+
+    def observe_registry(self, entries: Iterable[TenantEntry], invalid: int) -> None:
+        counts = Tally(entry.status for entry in entries)
+        for status in TenantStatus:
+            self.registry_entries.labels(status=status.value).set(counts.get(status, 0))
+        self.registry_invalid.set(invalid)
+
+
+_by_registry: WeakKeyDictionary[CollectorRegistry, TenantMetrics] = WeakKeyDictionary()
+
+
+def tenant_metrics(registry: CollectorRegistry) -> TenantMetrics:
+    """The tenant metrics of `registry`, created on first use: a lifespan that runs twice for
+    one app must not register the same names twice ("Duplicated timeseries")."""
+    metrics = _by_registry.get(registry)
+    if metrics is None:
+        metrics = _by_registry[registry] = TenantMetrics(registry)
+    return metrics
+
+
+def track_tenancy(
+    registry: CollectorRegistry, tenants: TenantRegistry, engines: TenantEngines
+) -> None:
+    """Report the tenant registry and engine cache in `registry` from now on."""
+    metrics = tenant_metrics(registry)
+    tenants.attach_metrics(metrics)
+    engines.attach_metrics(metrics)

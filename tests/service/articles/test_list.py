@@ -1,0 +1,135 @@
+"""Article pages: filters, keyset cursors, bounds, and a constant number of SQL statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from tests.service.articles.conftest import ARTICLES, ArticlesApi
+from tests.support import assert_envelope
+
+
+async def seed(api: ArticlesApi, headers: dict[str, str], count: int, **fields: object) -> None:
+    for index in range(count):
+        await api.create(headers, title=f"Article {index:03d}", **fields)
+
+
+async def all_pages(api: ArticlesApi, headers: dict[str, str], **params: object) -> list[dict]:
+    items: list[dict] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        page = (await api.client.get(ARTICLES, params=query, headers=headers)).json()
+        items += page["items"]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            return items
+        cursor = page["next_cursor"]
+
+
+async def test_pages_walk_every_article_once_in_creation_order(api: ArticlesApi) -> None:
+    author = await api.user()
+    await seed(api, author, 7)
+
+    items = await all_pages(api, author, limit=3)
+
+    assert [item["title"] for item in items] == [f"Article {i:03d}" for i in range(7)]
+
+
+async def test_a_page_is_an_object_never_a_bare_array(api: ArticlesApi) -> None:
+    response = await api.client.get(ARTICLES, headers=await api.user())
+
+    assert response.json() == {"items": [], "next_cursor": None, "has_more": False}
+
+
+async def test_filters_by_status_tag_author_and_title_text(api: ArticlesApi) -> None:
+    alice, bob = await api.user(), await api.user()
+    await api.create(alice, title="Rust news", tags=["rust"], status="published")
+    await api.create(alice, title="Python news", tags=["python"])
+    await api.create(bob, title="Rust tips", tags=["rust", "tips"], status="published")
+    alice_id = alice["X-Test-User-Id"]
+
+    async def titles(**params: str) -> list[str]:
+        return [a["title"] for a in await all_pages(api, alice, **params)]
+
+    assert await titles(status="published") == ["Rust news", "Rust tips"]
+    assert await titles(tag="rust") == ["Rust news", "Rust tips"]
+    assert await titles(author_id=alice_id) == ["Rust news", "Python news"]
+    assert await titles(q="NEWS") == ["Rust news", "Python news"]
+    assert await titles(q="%") == []  # LIKE wildcards are text, not patterns
+    assert await titles(tag="rust", status="published", author_id=alice_id) == ["Rust news"]
+
+
+@pytest.mark.parametrize("limit", [0, 101, -1])
+async def test_page_size_is_bounded(api: ArticlesApi, limit: int) -> None:
+    response = await api.client.get(ARTICLES, params={"limit": limit}, headers=await api.user())
+
+    assert_envelope(response, 422, "ValidationError", ARTICLES)
+
+
+@pytest.mark.parametrize(
+    "tamper", [lambda c: c[:-2] + ("AA" if c[-2:] != "AA" else "BB"), lambda c: "x" + c,
+               lambda c: c.replace(".", ""), lambda c: "garbage", lambda c: c.split(".")[0] + ".x"],
+    ids=["mac-edited", "payload-edited", "no-separator", "garbage", "mac-replaced"],
+)  # fmt: skip
+async def test_a_tampered_cursor_is_a_400_not_a_500(api: ArticlesApi, tamper) -> None:
+    author = await api.user()
+    await seed(api, author, 3)
+    first = (await api.client.get(ARTICLES, params={"limit": 1}, headers=author)).json()
+
+    response = await api.client.get(
+        ARTICLES, params={"limit": 1, "cursor": tamper(first["next_cursor"])}, headers=author
+    )
+
+    assert_envelope(response, 400, "BadRequest", ARTICLES)
+
+
+async def test_a_cursor_replayed_with_other_filters_is_a_400(api: ArticlesApi) -> None:
+    author = await api.user()
+    await seed(api, author, 3, status="published")
+    cursor = (await api.client.get(ARTICLES, params={"limit": 1}, headers=author)).json()[
+        "next_cursor"
+    ]
+
+    response = await api.client.get(
+        ARTICLES, params={"limit": 1, "cursor": cursor, "status": "published"}, headers=author
+    )
+
+    assert_envelope(response, 400, "BadRequest", ARTICLES)
+
+
+@pytest.fixture
+def tenant_statements() -> Iterator[list[str]]:
+    """SQL statements sent to tenant databases (SQLite files under tenant-dbs/)."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "tenant-dbs" in str(conn.engine.url):
+            seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", record)
+
+
+async def test_a_page_of_50_articles_with_tags_takes_a_constant_number_of_statements(
+    api: ArticlesApi, tenant_statements: list[str]
+) -> None:
+    author = await api.user()
+    await seed(api, author, 50, tags=["one", "two", "three"])
+
+    tenant_statements.clear()
+    small = await api.client.get(ARTICLES, params={"limit": 2}, headers=author)
+    small_count = len(tenant_statements)
+    tenant_statements.clear()
+    big = await api.client.get(ARTICLES, params={"limit": 50}, headers=author)
+
+    assert len(small.json()["items"]) == 2
+    assert len(big.json()["items"]) == 50
+    assert all(item["tags"] == ["one", "three", "two"] for item in big.json()["items"])
+    selects = [s for s in tenant_statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2, selects  # the page, then every tag of the page at once
+    assert len(tenant_statements) == small_count

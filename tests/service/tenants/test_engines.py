@@ -1,0 +1,348 @@
+"""The per-tenant engine cache: bounded (engines and connections), least recently used idle
+engine out first, engines in use never pulled from under a session, metrics.
+
+Real SQLite tenant files and tenants provisioned on the real PostgreSQL; nothing faked but
+the clock of the idle sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from service.articles.models import Article
+from service.core.config import DatabaseSettings, TenantSettings
+from service.db.engine import session_scope
+from service.tenants.engines import TenantEngines, TenantsBusy
+from service.tenants.metrics import (
+    TENANT_CONNECTIONS_CHECKED_OUT,
+    TENANT_ENGINE_EVICTIONS,
+    TENANT_ENGINES_OPEN,
+    TenantMetrics,
+)
+from service.tenants.schemas import TenantEntry
+from tests.service.tenants.conftest import (
+    ProvisionFactory,
+    SqliteTenants,
+    StaticLookup,
+)
+from tests.support import PG_ADMIN_URL, asyncpg_dsn
+
+session_of = session_scope
+
+
+def engines_with(clock: list[float] | None = None, **settings: object) -> TenantEngines:
+    tenant_settings = TenantSettings.model_validate(
+        {"engine_pool_size": 1, "engine_max_overflow": 1, **settings}
+    )
+    if clock is None:
+        return TenantEngines(tenant_settings, DatabaseSettings())
+    return TenantEngines(tenant_settings, DatabaseSettings(), clock=lambda: clock[0])
+
+
+@asynccontextmanager
+async def tenant_session(engines: TenantEngines, entry: TenantEntry) -> AsyncIterator[AsyncSession]:
+    async with engines.lease(entry) as factory, session_of(factory) as session:
+        yield session
+
+
+async def add_article(session: AsyncSession, title: str) -> None:
+    session.add(Article(slug=f"a-{uuid.uuid4().hex}", title=title, author_id=uuid.uuid4()))
+    await session.flush()
+
+
+async def titles_in(entry: TenantEntry) -> list[str]:
+    """Read the tenant's database directly, outside the cache."""
+    engine = create_async_engine(entry.database_url.get_secret_value())
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(select(Article.title).order_by(Article.title))
+            return [row[0] for row in rows]
+    finally:
+        await engine.dispose()
+
+
+async def test_fifty_sqlite_tenants_never_hold_more_than_the_cache_size_of_engines(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """50 tenants, cache size 4, pools of 1 + 1 overflow, 250 sessions at once: at most 4
+    engines and 8 connections are ever open, and every row lands in its own tenant's file."""
+    tenants = sqlite_tenants(*(f"tenant-{n:02d}" for n in range(50)), register=False)
+    engines = engines_with(engine_cache_size=4)
+    metrics = TenantMetrics(CollectorRegistry())
+    engines.attach_metrics(metrics)
+    rng = random.Random(7)
+    plan = [rng.choice(tenants) for _ in range(250)]
+    peaks = {"engines": 0, "connections": 0}
+
+    def sample() -> None:
+        peaks["engines"] = max(peaks["engines"], engines.open_engines)
+        peaks["connections"] = max(peaks["connections"], engines.open_connections())
+
+    async def work(index: int, entry: TenantEntry) -> None:
+        async with tenant_session(engines, entry) as session:
+            sample()
+            await add_article(session, f"{entry.slug}/{index}")
+            await asyncio.sleep(0)
+            sample()
+
+    try:
+        await asyncio.gather(*(work(i, entry) for i, entry in enumerate(plan)))
+    finally:
+        await engines.close()
+
+    assert peaks["engines"] == 4
+    assert 4 <= peaks["connections"] <= 4 * (1 + 1)
+    assert engines.open_engines == 0
+    assert metrics.evictions.labels(reason="capacity")._value.get() >= 46
+    for entry in rng.sample(tenants, 8):
+        expected = sorted(f"{entry.slug}/{i}" for i, e in enumerate(plan) if e is entry)
+        assert await titles_in(entry) == expected
+
+
+async def test_the_least_recently_used_idle_engine_goes_first(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    acme, beta, gamma = sqlite_tenants("acme", "beta", "gamma", register=False)
+    engines = engines_with(engine_cache_size=2)
+    try:
+        for entry in (acme, beta, acme):
+            async with tenant_session(engines, entry) as session:
+                await session.execute(text("SELECT 1"))
+        assert engines.cached_slugs() == ["beta", "acme"]
+
+        async with tenant_session(engines, gamma) as session:
+            await session.execute(text("SELECT 1"))
+
+        assert engines.cached_slugs() == ["acme", "gamma"]
+        assert engines.open_engines == 2
+    finally:
+        await engines.close()
+
+
+async def test_an_engine_in_use_is_never_evicted_and_a_new_tenant_waits_for_it(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """Cache size 1: while acme's session is open, beta waits; acme's session commits on its
+    own connection, then beta gets the slot. Never two engines open."""
+    acme, beta = sqlite_tenants("acme", "beta", register=False)
+    engines = engines_with(engine_cache_size=1)
+    acme_inside = asyncio.Event()
+    acme_may_finish = asyncio.Event()
+
+    async def acme_work() -> None:
+        async with tenant_session(engines, acme) as session:
+            await add_article(session, "acme-before")
+            acme_inside.set()
+            await acme_may_finish.wait()
+            await add_article(session, "acme-after")
+
+    async def beta_work() -> int:
+        async with tenant_session(engines, beta) as session:
+            await add_article(session, "beta")
+            return engines.open_engines
+
+    try:
+        acme_task = asyncio.create_task(acme_work())
+        await acme_inside.wait()
+        beta_task = asyncio.create_task(beta_work())
+        await asyncio.sleep(0.2)
+        assert not beta_task.done()  # waiting for a slot, not opening a second pool
+        assert engines.cached_slugs() == ["acme"]
+
+        acme_may_finish.set()
+        await acme_task
+        assert await asyncio.wait_for(beta_task, timeout=5) == 1
+    finally:
+        await engines.close()
+    assert await titles_in(acme) == ["acme-after", "acme-before"]
+    assert await titles_in(beta) == ["beta"]
+
+
+async def test_when_no_slot_frees_up_in_time_the_answer_is_503_retry_after(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    acme, beta = sqlite_tenants("acme", "beta", register=False)
+    engines = engines_with(engine_cache_size=1, engine_wait_seconds=0.2)
+    try:
+        async with engines.lease(acme):
+            with pytest.raises(TenantsBusy) as busy:
+                async with engines.lease(beta):
+                    pytest.fail("a second engine was opened")
+    finally:
+        await engines.close()
+
+    assert busy.value.status_code == 503
+    assert busy.value.headers == {"Retry-After": "1"}
+
+
+async def test_a_removed_tenant_engine_is_disposed_once_its_in_flight_session_ends(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """The registry drops acme while a session is mid-transaction: the session keeps its
+    connection and commits; the engine is disposed when the session is over."""
+    acme, beta = sqlite_tenants("acme", "beta", register=False)
+    engines = engines_with(engine_cache_size=4)
+    metrics = TenantMetrics(CollectorRegistry())
+    engines.attach_metrics(metrics)
+    try:
+        async with tenant_session(engines, acme) as session:
+            await add_article(session, "before-removal")
+            await engines.reconcile(StaticLookup(beta))  # acme is gone from the registry
+
+            assert engines.cached_slugs() == []
+            assert engines.open_engines == 1  # retired, still finishing this session
+            assert engines.checked_out == 1
+            await add_article(session, "after-removal")
+        await engines.wait_disposed()
+
+        assert engines.open_engines == 0
+        assert engines.checked_out == 0
+        assert metrics.evictions.labels(reason="registry")._value.get() == 1
+    finally:
+        await engines.close()
+    assert await titles_in(acme) == ["after-removal", "before-removal"]
+
+
+async def test_a_rotated_database_url_gets_a_new_engine_and_the_old_one_is_disposed(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    [acme] = sqlite_tenants("acme", register=False)
+    # The same file under another URL, as after a password rotation.
+    rotated_url = SecretStr(acme.database_url.get_secret_value() + "?timeout=7")
+    rotated = acme.model_copy(update={"database_url": rotated_url})
+    engines = engines_with(engine_cache_size=4)
+    try:
+        async with tenant_session(engines, acme) as old_session:
+            await add_article(old_session, "old")
+            async with tenant_session(engines, rotated) as new_session:
+                assert engines.open_engines == 2  # the old one is retiring, still in use
+                assert new_session.bind is not old_session.bind
+        await engines.wait_disposed()
+        assert engines.open_engines == 1
+        assert engines.cached_slugs() == ["acme"]
+    finally:
+        await engines.close()
+    assert await titles_in(acme) == ["old"]
+
+
+async def test_engines_idle_longer_than_engine_idle_seconds_are_disposed(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    acme, beta = sqlite_tenants("acme", "beta", register=False)
+    clock = [1000.0]
+    engines = engines_with(clock, engine_cache_size=4, engine_idle_seconds=100)
+    try:
+        async with tenant_session(engines, acme) as session:
+            await session.execute(text("SELECT 1"))
+        clock[0] += 50
+        async with tenant_session(engines, beta) as session:
+            await session.execute(text("SELECT 1"))
+        clock[0] += 60  # acme idle 110 s, beta 60 s
+
+        await engines.dispose_idle()
+
+        assert engines.cached_slugs() == ["beta"]
+        assert engines.open_engines == 1
+    finally:
+        await engines.close()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_metrics_count_open_engines_checked_out_connections_and_evictions(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    acme, beta, gamma = sqlite_tenants("acme", "beta", "gamma", register=False)
+    registry = CollectorRegistry()
+    engines = engines_with(engine_cache_size=2)
+    engines.attach_metrics(TenantMetrics(registry))
+    try:
+        async with tenant_session(engines, acme) as a, tenant_session(engines, beta) as b:
+            await a.execute(text("SELECT 1"))
+            await b.execute(text("SELECT 1"))
+            assert sample(registry, TENANT_ENGINES_OPEN) == 2
+            assert sample(registry, TENANT_CONNECTIONS_CHECKED_OUT) == 2
+        assert sample(registry, TENANT_CONNECTIONS_CHECKED_OUT) == 0
+
+        async with tenant_session(engines, gamma) as session:
+            await session.execute(text("SELECT 1"))
+        await engines.wait_disposed()
+
+        assert sample(registry, TENANT_ENGINES_OPEN) == 2
+        assert sample(registry, TENANT_ENGINE_EVICTIONS, reason="capacity") == 1
+        assert sample(registry, TENANT_ENGINE_EVICTIONS, reason="idle") == 0
+    finally:
+        await engines.close()
+    assert sample(registry, TENANT_ENGINES_OPEN) == 0
+
+
+async def server_connections(admin: asyncpg.Connection, databases: list[str]) -> int:
+    return int(
+        await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1::text[])", databases
+        )
+    )
+
+
+async def test_postgres_server_connections_stay_bounded_across_many_tenants(
+    provision: ProvisionFactory,
+) -> None:
+    """Real PostgreSQL, 4 provisioned tenants, cache size 2 with pools of 1 + 1: whatever
+    the load, pg_stat_activity never shows more than 2 x 2 connections to their databases."""
+    tenants = [await provision("cap", migrate=False) for _ in range(4)]
+    databases = [f"tenant_{entry.slug.replace('-', '_')}" for entry in tenants]
+    engines = engines_with(engine_cache_size=2)
+    admin = await asyncpg.connect(asyncpg_dsn(PG_ADMIN_URL), timeout=5)
+    observed: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            observed.append(await server_connections(admin, databases))
+            await asyncio.sleep(0.005)
+
+    async def work(entry: TenantEntry) -> None:
+        async with tenant_session(engines, entry) as session:
+            await session.execute(text("SELECT pg_sleep(0.02)"))
+
+    watcher = asyncio.create_task(watch())
+    try:
+        rng = random.Random(11)
+        await asyncio.gather(*(work(rng.choice(tenants)) for _ in range(120)))
+    finally:
+        done.set()
+        await watcher
+        await engines.close()
+    try:
+        after_close = await server_connections(admin, databases)
+    finally:
+        await admin.close()
+
+    assert max(observed) <= 2 * (1 + 1)
+    assert max(observed) >= 2  # there really was concurrency to bound
+    assert after_close == 0
+
+
+async def test_counting_helpers_read_the_real_pools(sqlite_tenants: SqliteTenants) -> None:
+    [acme] = sqlite_tenants("acme", register=False)
+    engines = engines_with(engine_cache_size=1)
+    try:
+        async with tenant_session(engines, acme) as session:
+            count = await session.scalar(select(func.count()).select_from(Article))
+            assert count == 0
+            assert engines.open_connections() == engines.checked_out == 1
+    finally:
+        await engines.close()

@@ -18,13 +18,8 @@ from service.articles.schemas import (
     ArticlePage,
     ArticlePatch,
 )
-from service.core.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
-from service.core.pagination import (
-    InvalidCursor,
-    PagePosition,
-    decode_cursor,
-    encode_cursor,
-)
+from service.core.errors import Conflict, Forbidden, NotFound, PreconditionFailed
+from service.core.pagination import PagePosition, encode_cursor, position_after
 from service.users.models import Role
 
 EDITORS = frozenset({Role.OWNER, Role.ADMIN, Role.PLATFORM_ADMIN})
@@ -103,7 +98,7 @@ class ArticleService:
         self, filters: ArticleFilters, cursor: str | None, limit: int
     ) -> ArticlePage:
         scope = filters.model_dump_json()
-        after = self._position(cursor, scope)
+        after = position_after(cursor, key=self.cursor_key, scope=scope)
         rows = await self.repository.list_page(filters, after, limit + 1)
         has_more = len(rows) > limit
         page = rows[:limit]
@@ -184,11 +179,3 @@ class ArticleService:
             await self.cache.forget(*slugs)
 
         self.repository.after_commit(forget)
-
-    def _position(self, cursor: str | None, scope: str) -> PagePosition | None:
-        if cursor is None:
-            return None
-        try:
-            return decode_cursor(cursor, key=self.cursor_key, scope=scope)
-        except InvalidCursor:
-            raise BadRequest("The cursor is not valid for this listing") from None

@@ -20,6 +20,8 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Query
 from pydantic import BaseModel
 
+from service.core.errors import BadRequest
+
 CURSOR_VERSION = 1
 MAC_BYTES = 16
 MAX_CURSOR_LENGTH = 512
@@ -89,6 +91,16 @@ def encode_cursor(position: PagePosition, *, key: bytes, scope: str) -> str:
     }
     payload = json.dumps(body, separators=(",", ":")).encode()
     return f"{_b64encode(payload)}.{_b64encode(_mac(key, payload, scope))}"
+
+
+def position_after(cursor: str | None, *, key: bytes, scope: str) -> PagePosition | None:
+    """Where the next page starts; a 400 in the envelope for a cursor we did not issue."""
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor, key=key, scope=scope)
+    except InvalidCursor:
+        raise BadRequest("The cursor is not valid for this listing") from None
 
 
 def decode_cursor(cursor: str, *, key: bytes, scope: str) -> PagePosition:

@@ -16,8 +16,8 @@ from typing import Any
 from service.auth.passwords import Passwords
 from service.auth.principal import Principal
 from service.auth.repository import RefreshTokenRepository
-from service.core.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
-from service.core.pagination import InvalidCursor, PagePosition, decode_cursor, encode_cursor
+from service.core.errors import Conflict, DomainError, Forbidden, NotFound
+from service.core.pagination import PagePosition, encode_cursor, position_after
 from service.tenants.schemas import TenantLookup
 from service.users.models import Role, User
 from service.users.repository import EmailTaken, UserFilters, UserRepository
@@ -157,7 +157,7 @@ class UserService:
                 email_contains=filters.email_contains,
             )
         scope = _scope(actor, filters)
-        after = self._position(cursor, scope)
+        after = position_after(cursor, key=self.cursor_key, scope=scope)
         rows = await self.users.list_page(filters, after, limit + 1)
         items, has_more = rows[:limit], len(rows) > limit
         next_cursor = None
@@ -165,14 +165,6 @@ class UserService:
             last = PagePosition(created_at=items[-1].created_at, id=items[-1].id)
             next_cursor = encode_cursor(last, key=self.cursor_key, scope=scope)
         return Page(items=items, next_cursor=next_cursor, has_more=has_more)
-
-    def _position(self, cursor: str | None, scope: str) -> PagePosition | None:
-        if cursor is None:
-            return None
-        try:
-            return decode_cursor(cursor, key=self.cursor_key, scope=scope)
-        except InvalidCursor:
-            raise BadRequest("The cursor is not valid for this listing") from None
 
     async def _change_role(self, actor: Principal, user: User, role: Role) -> None:
         if user.id == actor.user_id:

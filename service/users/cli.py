@@ -166,16 +166,30 @@ async def _seed_demo(settings: Settings) -> int:
         await create_tenant(settings.tenants, DEMO_TENANT, self_signup=True)
     else:
         await upgrade_tenant(existing)
+    if await _user_exists(settings, DEMO_OWNER_EMAIL):
+        print(f"demo tenant ready; its owner {DEMO_OWNER_EMAIL} exists already")
+        return 0
     password = secrets.token_urlsafe(12)
     created = await _create(
         settings, email=DEMO_OWNER_EMAIL, password=password, role="owner", tenant=DEMO_TENANT
     )
     if created != 0:
-        print(f"demo tenant ready; its owner {DEMO_OWNER_EMAIL} exists already")
-        return 0
+        return created
     print(
         "\n  demo tenant and owner created; these credentials are shown only this once:\n"
         f"    tenant:   {DEMO_TENANT}\n    email:    {DEMO_OWNER_EMAIL}\n"
         f"    password: {password}\n"
     )
     return 0
+
+
+async def _user_exists(settings: Settings, email: str) -> bool:
+    from service.db.engine import create_engine, create_session_factory
+    from service.users.repository import UserRepository
+
+    engine = create_engine(settings.database)
+    try:
+        async with create_session_factory(engine)() as session:
+            return await UserRepository(session).get_by_email(email) is not None
+    finally:
+        await engine.dispose()

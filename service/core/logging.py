@@ -41,8 +41,6 @@ _SENSITIVE_MARKERS = (
     "credential",
     "private_key",
 )
-# Bumped by every `configure_logging`, so `BoundLoggerCache` rebinds after a reconfiguration.
-_configuration = 0
 _ROUTED_STDLIB_LOGGERS = (
     "uvicorn",
     "uvicorn.error",
@@ -172,7 +170,6 @@ def configure_logging(
     settings: ObservabilitySettings, *, with_trace: bool = False, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the stdlib loggers; safe to call more than once."""
-    global _configuration
     out: TextIO = stream or _CurrentStdout()  # type: ignore[assignment]
     level = logging.getLevelName(settings.log_level)
     shared = _shared_processors(with_trace=with_trace)
@@ -187,7 +184,6 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    _configuration += 1
     access_log.configure(
         fast=isinstance(renderer, structlog.processors.JSONRenderer) and level <= logging.INFO,
         processors=[
@@ -220,6 +216,8 @@ def configure_logging(
 
 ACCESS_LOGGER = "berth.access"
 ACCESS_EVENT = "request"
+# How long an access line may wait in the stdout buffer (lost on a hard crash at most).
+ACCESS_LOG_FLUSH_SECONDS = 0.2
 
 
 class AccessLog:
@@ -235,7 +233,7 @@ class AccessLog:
     def __init__(self) -> None:
         self._processors: list[Processor] = []
         self._stream: TextIO | None = None
-        self._fallback = BoundLoggerCache(ACCESS_LOGGER)
+        self._fallback = get_logger(ACCESS_LOGGER)
 
     def configure(self, *, fast: bool, processors: list[Processor], stream: TextIO) -> None:
         self._processors = processors
@@ -244,21 +242,21 @@ class AccessLog:
     def __call__(self, fields: dict[str, Any]) -> None:
         stream = self._stream
         if stream is None:
-            self._fallback.get().info(ACCESS_EVENT, **fields)
+            self._fallback.info(ACCESS_EVENT, **fields)
             return
         fields["event"] = ACCESS_EVENT
         fields["logger"] = ACCESS_LOGGER
         for processor in self._processors:
             fields = processor(None, "info", fields)  # type: ignore[assignment]  # dict in, dict out
         # No flush per line (a write system call per request): `flush_periodically` in the
-        # lifespan flushes every `ACCESS_LOG_FLUSH_SECONDS`, and any other log line flushes too.
+        # lifespan flushes every ACCESS_LOG_FLUSH_SECONDS, and any other log line flushes too.
         stream.write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
 
     def flush(self) -> None:
         if self._stream is not None:
             self._stream.flush()
 
-    async def flush_periodically(self, interval_seconds: float = 0.2) -> None:
+    async def flush_periodically(self, interval_seconds: float = ACCESS_LOG_FLUSH_SECONDS) -> None:
         """Bound how long an access line may sit in the buffer; runs until cancelled."""
         try:
             while True:
@@ -266,26 +264,6 @@ class AccessLog:
                 self.flush()
         finally:
             self.flush()
-
-
-class BoundLoggerCache:
-    """A logger for hot paths (the access log): bound once per `configure_logging` call.
-
-    `get_logger` returns structlog's lazy proxy, which builds a new bound logger on every
-    call so that it always follows the current configuration. Here that is done once per
-    configuration instead; the output is the same line.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._configuration = -1
-        self._logger: Any = None
-
-    def get(self) -> Any:
-        if self._configuration != _configuration:
-            self._logger = get_logger(self._name).bind()
-            self._configuration = _configuration
-        return self._logger
 
 
 def get_logger(name: str) -> Any:

@@ -8,11 +8,14 @@ import dataclasses
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import Connection
+
+T = TypeVar("T")
 
 IS_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get(
@@ -360,3 +363,20 @@ def bearer(app: Any, user: KnownUser, *, token_version: int = 0) -> dict[str, st
         user_id=user.id, tenant_slug=user.tenant_slug, role=user.role, token_version=token_version
     )
     return {"Authorization": f"Bearer {token.token}"}
+
+
+async def run_sync_on(url: str, work: Callable[[Connection], T]) -> T:
+    """Run synchronous database work (an inspector, Alembic's comparison) on a connection of
+    its own to `url`, disposed afterwards."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+# pg_constraint.contype -> the kind the tests name.
+PG_CONSTRAINT_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE", "c": "CHECK", "f": "FOREIGN KEY"}

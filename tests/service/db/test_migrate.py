@@ -27,13 +27,19 @@ from sqlalchemy import (
     Table,
     inspect,
 )
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import migrate
 from service.db.base import NAMING_CONVENTION
 from service.db.models import Base
 from tests.conftest import SpawnFactory
-from tests.support import Spawned, asyncpg_dsn, migrations_head, process_env
+from tests.support import (
+    PG_CONSTRAINT_KINDS,
+    Spawned,
+    asyncpg_dsn,
+    migrations_head,
+    process_env,
+    run_sync_on,
+)
 
 HEAD = migrations_head()
 USERS_REVISION = "0001"
@@ -45,7 +51,6 @@ USERS_CONSTRAINTS = {
 }
 USERS_INDEX = "ix_users_tenant_slug"
 LOCK_KEY = migrate.advisory_lock_key(migrate.CONTROL_PLANE_LOCK)
-PG_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE", "c": "CHECK", "f": "FOREIGN KEY"}
 
 
 @dataclass
@@ -77,7 +82,7 @@ async def pg_schema(url: str) -> Schema:
             "WHERE n.nspname = 'public' AND t.relname = 'users'"
         )
         for row in rows:
-            schema.constraints[row["conname"]] = PG_KINDS[row["kind"]]
+            schema.constraints[row["conname"]] = PG_CONSTRAINT_KINDS[row["kind"]]
             schema.definitions[row["conname"]] = row["sql"]
         rows = await connection.fetch(
             "SELECT i.relname AS name, ix.indisunique AS is_unique, "
@@ -116,12 +121,7 @@ def _inspect_sqlite(connection: Connection) -> Schema:
 
 
 async def sqlite_schema(url: str) -> Schema:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_inspect_sqlite)
-    finally:
-        await engine.dispose()
+    return await run_sync_on(url, _inspect_sqlite)
 
 
 def assert_users_schema(schema: Schema, version: str) -> None:
@@ -306,19 +306,9 @@ def _differences(connection: Connection) -> list[Any]:
 
 async def test_models_match_the_migrated_postgres_schema(pg_database: str) -> None:
     """Real PostgreSQL migrated to head; alembic's autogenerate comparison finds nothing."""
-    engine = create_async_engine(pg_database)
-    try:
-        async with engine.connect() as connection:
-            assert await connection.run_sync(_differences) == []
-    finally:
-        await engine.dispose()
+    assert await run_sync_on(pg_database, _differences) == []
 
 
 async def test_models_match_the_migrated_sqlite_schema(migrated_sqlite: str) -> None:
     """Real SQLite file migrated to head; alembic's autogenerate comparison finds nothing."""
-    engine = create_async_engine(migrated_sqlite)
-    try:
-        async with engine.connect() as connection:
-            assert await connection.run_sync(_differences) == []
-    finally:
-        await engine.dispose()
+    assert await run_sync_on(migrated_sqlite, _differences) == []

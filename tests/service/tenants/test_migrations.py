@@ -17,7 +17,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db import migrate
 from service.db.models import Base
@@ -31,7 +30,7 @@ from service.tenants.models import TenantBase
 from service.tenants.registry import write_entry
 from tests.conftest import SpawnFactory
 from tests.service.tenants.conftest import ProvisionFactory, sqlite_entry
-from tests.support import Spawned, asyncpg_dsn, process_env
+from tests.support import PG_CONSTRAINT_KINDS, Spawned, asyncpg_dsn, process_env, run_sync_on
 
 TABLES = {"articles", "tags", "article_tags"}
 CONSTRAINTS = {
@@ -53,7 +52,6 @@ INDEXES = {
     "ix_articles_status": (["status"], False),
     "ix_article_tags_tag_id": (["tag_id"], False),
 }
-PG_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE", "c": "CHECK", "f": "FOREIGN KEY"}
 
 
 @dataclass
@@ -77,7 +75,9 @@ async def pg_schema(url: str) -> Schema:
             "FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid "
             "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = 'public'"
         ):
-            schema.constraints.setdefault(row["table"], {})[row["conname"]] = PG_KINDS[row["kind"]]
+            schema.constraints.setdefault(row["table"], {})[row["conname"]] = PG_CONSTRAINT_KINDS[
+                row["kind"]
+            ]
         for row in await connection.fetch(
             "SELECT i.relname AS name, ix.indisunique AS is_unique, ix.indisprimary AS is_pk, "
             "array(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY AS k(attnum, pos) "
@@ -119,12 +119,7 @@ def _inspect_sqlite(connection: Connection) -> Schema:
 
 
 async def sqlite_schema(url: str) -> Schema:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_inspect_sqlite)
-    finally:
-        await engine.dispose()
+    return await run_sync_on(url, _inspect_sqlite)
 
 
 def assert_articles_schema(schema: Schema) -> None:
@@ -209,21 +204,11 @@ async def test_models_match_the_migrated_postgres_tenant_schema(
     provision: ProvisionFactory,
 ) -> None:
     entry = await provision("cmp")
-    engine = create_async_engine(entry.database_url.get_secret_value())
-    try:
-        async with engine.connect() as connection:
-            assert await connection.run_sync(_differences) == []
-    finally:
-        await engine.dispose()
+    assert await run_sync_on(entry.database_url.get_secret_value(), _differences) == []
 
 
 async def test_models_match_the_migrated_sqlite_tenant_schema(tenant_template: Path) -> None:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tenant_template}")
-    try:
-        async with engine.connect() as connection:
-            assert await connection.run_sync(_differences) == []
-    finally:
-        await engine.dispose()
+    assert await run_sync_on(f"sqlite+aiosqlite:///{tenant_template}", _differences) == []
 
 
 def test_the_two_histories_keep_their_tables_apart() -> None:

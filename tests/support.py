@@ -351,7 +351,7 @@ async def create_user(
         tenant_slug = "acme"
     email = email or f"{role.replace('_', '-')}-{uuid.uuid4().hex[:10]}@example.com"
     new = NewUser(email=email, password=password, role=Role(role), tenant_slug=tenant_slug)
-    async with app.state.resources.session_factory.begin() as session:
+    async with app.state.resources.sessions.write.begin() as session:
         user = await provision_user(UserRepository(session), app.state.auth.passwords, new)
         user.is_active = is_active
     return KnownUser(user.id, email, password, role, tenant_slug)

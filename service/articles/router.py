@@ -19,9 +19,11 @@ from service.articles.schemas import (
 )
 from service.articles.service import Actor, ArticleService, etag_matches
 from service.auth.dependencies import CurrentPrincipal, WriteRateLimit
-from service.core.dependencies import RequireJson, SettingsDep, StoreDep
+from service.core.config import Settings
+from service.core.dependencies import RequireJson
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize, cursor_key
-from service.tenants.dependencies import CurrentTenant, TenantSession
+from service.core.store import KeyValueStore
+from service.tenants.dependencies import CurrentTenantScope
 
 router = APIRouter(prefix="/articles", tags=["articles"], dependencies=[RequireJson])
 SlugParam = Annotated[ArticleSlug, Path(description="The article's slug")]
@@ -29,14 +31,14 @@ IfMatch = Annotated[str | None, Header(description="ETag the change is based on 
 JSON = "application/json"
 
 
-async def get_article_service(
-    session: TenantSession, tenant: CurrentTenant, store: StoreDep, settings: SettingsDep
-) -> ArticleService:
+async def get_article_service(request: Request, scope: CurrentTenantScope) -> ArticleService:
+    settings: Settings = request.app.state.settings
+    store: KeyValueStore = request.app.state.resources.store
     cache = ArticleCache(
-        store, tenant.slug, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled
+        store, scope.tenant.slug, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled
     )
     key = cursor_key(settings.auth.jwt_secret.get_secret_value().encode(), "articles")
-    return ArticleService(ArticleRepository(session), cache, cursor_key=key)
+    return ArticleService(ArticleRepository(scope.session), cache, cursor_key=key)
 
 
 Articles = Annotated[ArticleService, Depends(get_article_service)]

@@ -11,6 +11,7 @@ async def create(principal: Annotated[Principal, Depends(require_role(Role.OWNER
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -19,12 +20,22 @@ from fastapi.security import OAuth2PasswordBearer
 
 from service.auth.principal import Principal
 from service.auth.repository import RefreshTokenRepository
-from service.auth.service import BEARER, AuthContext, AuthService
+from service.auth.service import (
+    BEARER,
+    AuthContext,
+    AuthService,
+    authenticate,
+    decode_access_token,
+)
 from service.auth.tokens import AccessClaims
-from service.core.dependencies import DbSession, StoreDep
+from service.core.dependencies import DbSession
 from service.core.errors import Forbidden, Unauthorized
 from service.core.ratelimit import enforce
+from service.core.resources import Resources
+from service.core.store import KeyValueStore
+from service.db.engine import session_scope
 from service.tenants.schemas import TenantLookup
+from service.users.auth_state import AuthState, AuthStateCache
 from service.users.models import Role
 from service.users.repository import UserRepository
 
@@ -48,28 +59,46 @@ AuthContextDep = Annotated[AuthContext, Depends(get_auth_context)]
 TenantsDep = Annotated[TenantLookup | None, Depends(get_tenants)]
 
 
-async def get_auth_service(
-    context: AuthContextDep, session: DbSession, store: StoreDep
-) -> AuthService:
-    return AuthService(context, UserRepository(session), RefreshTokenRepository(session), store)
+async def get_auth_service(request: Request, session: DbSession) -> AuthService:
+    context: AuthContext = request.app.state.auth
+    store: KeyValueStore = request.app.state.resources.store
+    users = UserRepository(session, auth_state_cache(context, store))
+    return AuthService(context, users, RefreshTokenRepository(session), store)
+
+
+def auth_state_cache(context: AuthContext, store: KeyValueStore) -> AuthStateCache:
+    return AuthStateCache(store, context.settings.state_cache_seconds)
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
 
 
 async def current_claims(
-    token: Annotated[str | None, Depends(oauth2_scheme)], service: AuthServiceDep
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> AccessClaims:
     if not token:
         raise Unauthorized("Authentication required", headers=BEARER)
-    return service.decode(token)
+    context: AuthContext = request.app.state.auth
+    return decode_access_token(context.codec, token)
 
 
 CurrentClaims = Annotated[AccessClaims, Depends(current_claims)]
 
 
-async def current_principal(claims: CurrentClaims, service: AuthServiceDep) -> Principal:
-    return await service.authenticate(claims)
+async def current_principal(request: Request, claims: CurrentClaims) -> Principal:
+    """The caller, checked against revocations and the user's current row.
+
+    No control-plane session per request: the row is usually in the key-value store, and
+    only a miss opens a short read-only session to fetch it.
+    """
+    resources: Resources = request.app.state.resources
+
+    async def read_state(user_id: uuid.UUID) -> AuthState | None:
+        async with session_scope(resources.sessions.read) as session:
+            return await UserRepository(session).auth_state(user_id)
+
+    states = auth_state_cache(request.app.state.auth, resources.store)
+    return await authenticate(claims, states, read_state)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

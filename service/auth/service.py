@@ -30,6 +30,7 @@ from service.core.errors import NotFound, Unauthorized
 from service.core.logging import get_logger
 from service.core.store import KeyValueStore
 from service.tenants.schemas import TenantLookup
+from service.users.auth_state import AuthState, AuthStateCache
 from service.users.models import Role, User
 from service.users.repository import UserRepository
 from service.users.service import NewUser, provision_user
@@ -92,6 +93,44 @@ def _invalid_token() -> Unauthorized:
     return Unauthorized(BAD_TOKEN, headers=INVALID_TOKEN)
 
 
+def decode_access_token(codec: TokenCodec, token: str) -> AccessClaims:
+    """Verified claims, or the 401 every bad token gets."""
+    try:
+        return codec.decode(token)
+    except InvalidToken:
+        raise _invalid_token() from None
+
+
+async def authenticate(
+    claims: AccessClaims,
+    auth_states: AuthStateCache,
+    read_state: Callable[[uuid.UUID], Awaitable[AuthState | None]],
+) -> Principal:
+    """The principal for verified claims, if the token is still good right now.
+
+    One key-value round trip answers both "was this token logged out" and "what is the
+    user's current state"; `read_state` (the control plane) runs only on a cache miss.
+    """
+    cached = await auth_states.lookup(claims.user_id, revoked_token_key(claims.token_id))
+    if cached.other_key_set:  # this very token was logged out
+        raise _invalid_token()
+    state = cached.state
+    if state is None:
+        state = await read_state(claims.user_id)
+        if state is not None:
+            await auth_states.put(claims.user_id, state)
+    if state is None or not state.is_active or state.token_version != claims.token_version:
+        raise _invalid_token()
+    # The row, not the token, decides role and tenant: a change applies at once.
+    return Principal(
+        user_id=claims.user_id,
+        email=state.email,
+        role=state.role,
+        tenant_slug=state.tenant_slug,
+        token_id=claims.token_id,
+    )
+
+
 class AuthService:
     def __init__(
         self,
@@ -104,6 +143,7 @@ class AuthService:
         self.users = users
         self.refresh_tokens = refresh_tokens
         self.store = store
+        self.auth_states = users.auth_states or AuthStateCache(store, ttl_seconds=0)
 
     async def login(self, email: str, password: str) -> TokenPair:
         user = await self.users.get_by_email(email)
@@ -176,26 +216,10 @@ class AuthService:
         return LogoutOutcome(access_token_revoked=True, refresh_tokens_revoked=revoked)
 
     def decode(self, token: str) -> AccessClaims:
-        try:
-            return self.context.codec.decode(token)
-        except InvalidToken:
-            raise _invalid_token() from None
+        return decode_access_token(self.context.codec, token)
 
     async def authenticate(self, claims: AccessClaims) -> Principal:
-        """The principal for verified claims, if the token is still good right now."""
-        if await self.store.get(revoked_token_key(claims.token_id)) is not None:
-            raise _invalid_token()
-        state = await self.users.auth_state(claims.user_id)
-        if state is None or not state.is_active or state.token_version != claims.token_version:
-            raise _invalid_token()
-        # The row, not the token, decides role and tenant: a change applies at once.
-        return Principal(
-            user_id=claims.user_id,
-            email=state.email,
-            role=state.role,
-            tenant_slug=state.tenant_slug,
-            token_id=claims.token_id,
-        )
+        return await authenticate(claims, self.auth_states, self.users.auth_state)
 
     async def me(self, principal: Principal) -> User:
         user = await self.users.get(principal.user_id)

@@ -6,6 +6,7 @@ and ver (the user's token_version: logout-all bumps it and every older token sto
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from service.core.config import AuthSettings, ConfigError, env_name
 
+VERIFIED_TOKENS_CACHED = 4096
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "jti", "iat", "exp", "ver")
 MIN_RSA_BITS = 2048
 REFRESH_TOKEN_BYTES = 32
@@ -118,6 +120,11 @@ class TokenCodec:
         self.audience = settings.jwt_audience
         self.ttl = timedelta(seconds=settings.access_token_ttl_seconds)
         self._signing_key, self._verifying_key = _load_keys(settings)
+        # A client sends its token with every request; verifying it (signature, JSON,
+        # claims) cost more than the rest of a cached GET. The token string, signature
+        # included, is the key, so only a token verified before can hit; expiry is still
+        # checked on every use. Failures are not cached (lru_cache does not keep exceptions).
+        self._verified = functools.lru_cache(maxsize=VERIFIED_TOKENS_CACHED)(self._verify)
 
     def issue(
         self,
@@ -145,8 +152,14 @@ class TokenCodec:
         token = jwt.encode(claims, self._signing_key, algorithm=self.algorithm)
         return IssuedToken(token=token, token_id=token_id, expires_at=expires_at)
 
-    def decode(self, token: str) -> AccessClaims:
+    def decode(self, token: str, now: datetime | None = None) -> AccessClaims:
         """Verified claims; InvalidToken for anything else (wrong alg, key, aud, iss, expired)."""
+        claims = self._verified(token)
+        if claims.expires_at <= (now or datetime.now(UTC)):
+            raise InvalidToken("Signature has expired")
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             # One algorithm only: `none` and HS/RS confusion fail here, before any key use.
             claims = jwt.decode(

@@ -50,6 +50,9 @@ class DatabaseSettings(BaseModel):
     max_overflow: int = Field(default=5, ge=0, le=500)
     pool_timeout_seconds: float = Field(default=10.0, gt=0)
     pool_pre_ping: bool = True
+    # Only connections idle this long are pinged at checkout (0: every checkout, as
+    # SQLAlchemy's pool_pre_ping does, at three round trips each with asyncpg).
+    pool_ping_idle_seconds: float = Field(default=5.0, ge=0)
     pool_recycle_seconds: int = Field(default=1800, ge=-1)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     echo: bool = False
@@ -87,6 +90,9 @@ class AuthSettings(BaseModel):
     # Hashes computed at once per process: each takes argon2_memory_kib, so this bounds the
     # memory a burst of logins can claim (queued logins wait instead).
     argon2_max_concurrent: int = Field(default=2, ge=1, le=64)
+    # How long a user's role/active/token-version may be served from the key-value store;
+    # writes forget it at once, this only bounds a race (service/users/auth_state.py). 0: off.
+    state_cache_seconds: int = Field(default=30, ge=0, le=300)
 
     @property
     def uses_key_files(self) -> bool:
@@ -115,8 +121,10 @@ class TenantSettings(BaseModel):
     registry_poll_seconds: float = Field(default=1.0, gt=0)
     sqlite_dir: Path = Path("data/tenant-dbs")
     engine_cache_size: int = Field(default=32, ge=1)
-    engine_pool_size: int = Field(default=2, ge=1)
-    engine_max_overflow: int = Field(default=3, ge=0)
+    # Overflow connections are closed when returned: under steady load above pool_size that
+    # is a new connection (TLS, auth) per request. So the bound is the pool itself by default.
+    engine_pool_size: int = Field(default=5, ge=1)
+    engine_max_overflow: int = Field(default=0, ge=0)
     engine_idle_seconds: float = Field(default=300.0, gt=0)
     # How long a request waits for an engine slot when every cached engine is in use (then
     # 503): the cache bounds connections, so a burst of tenants queues instead of connecting.

@@ -2,6 +2,9 @@
 
 All are `async def` even without awaiting: FastAPI runs a plain `def` dependency in a worker
 thread, which cost more than half the throughput of a cheap route (docs/benchmarks.md).
+They take `request` rather than each other: FastAPI walks a dependency's whole sub-graph each
+time it is named, before it looks in its per-request cache, so a deep graph costs per request
+what its paths number (54 walks for one article GET before this was flattened).
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_store(resources: Annotated[Resources, Depends(get_resources)]) -> KeyValueStore:
-    return resources.store
+async def get_store(request: Request) -> KeyValueStore:
+    store: KeyValueStore = request.app.state.resources.store
+    return store
 
 
-async def get_db_session(
-    resources: Annotated[Resources, Depends(get_resources)],
-) -> AsyncIterator[AsyncSession]:
-    async with session_scope(resources.session_factory) as session:
+async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A control-plane session: read-only on autocommit for GET/HEAD, else a transaction."""
+    resources: Resources = request.app.state.resources
+    async with session_scope(resources.sessions.for_method(request.method)) as session:
         yield session
 
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
 from service.core.config import Settings
 from service.core.logging import get_logger
 from service.core.store import KeyValueStore, create_store
-from service.db.engine import create_engine, create_session_factory, safe_url
+from service.db.engine import SessionFactories, create_engine, create_session_factories, safe_url
 from service.tenants.engines import TenantEngines
 from service.tenants.lifecycle import close_tenancy, open_tenancy
 from service.tenants.registry import TenantRegistry
@@ -30,7 +30,7 @@ class StartupError(RuntimeError):
 class Resources:
     settings: Settings
     engine: AsyncEngine
-    session_factory: async_sessionmaker[AsyncSession]
+    sessions: SessionFactories
     store: KeyValueStore
     tenants: TenantRegistry  # also `app.state.tenants` (a TenantLookup)
     tenant_engines: TenantEngines
@@ -92,7 +92,7 @@ async def open_resources(settings: Settings) -> Resources:
     return Resources(
         settings=settings,
         engine=engine,
-        session_factory=create_session_factory(engine),
+        sessions=create_session_factories(engine),
         store=store,
         tenants=tenants,
         tenant_engines=tenant_engines,

@@ -22,6 +22,10 @@ class KeyValueStore(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        """The values of `keys`, in order, in one round trip."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None: ...
 
     async def delete(self, *keys: str) -> int: ...
@@ -44,6 +48,10 @@ class RedisStore:
         if value is None or isinstance(value, bytes):
             return value
         return value.encode()
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        values: list[bytes | str | None] = await self.client.mget(keys)
+        return [value.encode() if isinstance(value, str) else value for value in values]
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
         await self.client.set(key, value, ex=max(1, ttl_seconds))
@@ -93,6 +101,9 @@ class MemoryStore:
 
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        return [self._live(key) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
         self._put(key, value, ttl_seconds)

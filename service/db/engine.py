@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from service.core.config import DatabaseSettings
 
 APPLICATION_NAME = "berth"
+# Methods whose requests only read: their sessions run on autocommit connections.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_CHECKED_IN_AT = "berth.checked_in_at"
 
 
 def safe_url(url: str | URL) -> str:
@@ -49,24 +56,103 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         engine = create_async_engine(url, echo=settings.echo, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    ping_every_checkout = settings.pool_pre_ping and settings.pool_ping_idle_seconds == 0
+    engine = create_async_engine(
         url,
         echo=settings.echo,
         hide_parameters=True,  # statement parameters may hold secrets
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
-        pool_pre_ping=settings.pool_pre_ping,
+        pool_pre_ping=ping_every_checkout,
         pool_recycle=settings.pool_recycle_seconds,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
             "server_settings": {"application_name": APPLICATION_NAME},
         },
     )
+    if settings.pool_pre_ping and not ping_every_checkout:
+        ping_after_idle(engine, settings.pool_ping_idle_seconds)
+    return engine
+
+
+def ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only if it sat idle `idle_seconds` or more.
+
+    SQLAlchemy's pre-ping costs asyncpg three round trips (BEGIN, `;`, ROLLBACK) on every
+    checkout, more than the query of a cheap request. A connection returned a moment ago
+    is as good as a pinged one; an idle one is where a restarted server or a proxy's idle
+    timeout would show. A failed ping discards the connection and the pool opens another.
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    def remember(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def ping(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        checked_in_at = record.info.get(_CHECKED_IN_AT)
+        # A brand-new connection (no check-in yet) was proven by connecting.
+        if checked_in_at is None or time.monotonic() - checked_in_at < idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its ping") from exc
+
+    event.listen(pool, "checkin", remember)
+    event.listen(pool, "checkout", ping)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+class ReadOnlySession(Session):
+    """A session for safe-method requests: it refuses to write (see `SessionFactories`)."""
+
+
+class ReadOnlySessionError(RuntimeError):
+    """A write was attempted in a read-only session: a bug in a GET/HEAD route."""
+
+
+def _refuse_flush(session: Session, *_: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise ReadOnlySessionError("a read-only (GET/HEAD) session cannot write rows")
+
+
+def _refuse_dml(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlySessionError("a read-only (GET/HEAD) session cannot run INSERT/UPDATE/DELETE")
+
+
+event.listen(ReadOnlySession, "before_flush", _refuse_flush)
+event.listen(ReadOnlySession, "do_orm_execute", _refuse_dml)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFactories:
+    """Sessions for one engine: writes in a transaction, reads on autocommit connections.
+
+    At READ COMMITTED, PostgreSQL's default, every statement sees its own snapshot whether or
+    not a transaction is open, so a read-only transaction buys nothing and costs a BEGIN and
+    a COMMIT round trip per request. Read sessions refuse writes, so a mistaken write in a
+    GET route fails loudly instead of committing statement by statement.
+    """
+
+    write: async_sessionmaker[AsyncSession]
+    read: async_sessionmaker[AsyncSession]
+
+    def for_method(self, method: str) -> async_sessionmaker[AsyncSession]:
+        return self.read if method in SAFE_METHODS else self.write
+
+
+def create_session_factories(engine: AsyncEngine) -> SessionFactories:
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    read = async_sessionmaker(
+        autocommit, expire_on_commit=False, autoflush=False, sync_session_class=ReadOnlySession
+    )
+    return SessionFactories(write=create_session_factory(engine), read=read)
 
 
 AFTER_COMMIT_KEY = "berth.after_commit"
@@ -91,6 +177,8 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         except BaseException:
             await session.rollback()
             raise
+        if isinstance(session.sync_session, ReadOnlySession):
+            return  # nothing to commit: closing returns the connection
         await session.commit()
         for hook in session.info.pop(AFTER_COMMIT_KEY, []):
             await hook()

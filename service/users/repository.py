@@ -10,22 +10,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.core.pagination import PagePosition
+from service.db.engine import after_commit
+from service.users.auth_state import AuthState, AuthStateCache
 from service.users.models import Role, User
 
 
 class EmailTaken(Exception):
     """The unique constraint on users.email refused an insert."""
-
-
-@dataclass(frozen=True)
-class AuthState:
-    """The columns that decide whether an access token is still good (hot path, no ORM)."""
-
-    email: str
-    role: Role
-    tenant_slug: str | None
-    is_active: bool
-    token_version: int
 
 
 @dataclass(frozen=True)
@@ -37,8 +28,12 @@ class UserFilters:
 
 
 class UserRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    """`auth_states`: the cache every request's token check reads (`auth_state.py`); writes to
+    a user forget its entry after commit. Pass it wherever users are changed."""
+
+    def __init__(self, session: AsyncSession, auth_states: AuthStateCache | None = None) -> None:
         self.session = session
+        self.auth_states = auth_states
 
     async def get(self, user_id: uuid.UUID) -> User | None:
         return await self.session.get(User, user_id)
@@ -79,6 +74,7 @@ class UserRepository:
         """Write pending changes now, so the caller sees server-side effects (updated_at)."""
         self.session.add(user)
         await self.session.flush()
+        self._forget_auth_state_after_commit(user.id)
 
     async def bump_token_version(self, user_id: uuid.UUID) -> int:
         statement = (
@@ -88,7 +84,19 @@ class UserRepository:
             .returning(User.token_version)
             .execution_options(synchronize_session="fetch")
         )
-        return int((await self.session.execute(statement)).scalar_one())
+        version = int((await self.session.execute(statement)).scalar_one())
+        self._forget_auth_state_after_commit(user_id)
+        return version
+
+    def _forget_auth_state_after_commit(self, user_id: uuid.UUID) -> None:
+        auth_states = self.auth_states
+        if auth_states is None:
+            return
+
+        async def forget() -> None:
+            await auth_states.forget(user_id)
+
+        after_commit(self.session, forget)
 
     async def list_page(
         self, filters: UserFilters, after: PagePosition | None, limit: int

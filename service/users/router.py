@@ -11,11 +11,12 @@ from service.auth.dependencies import (
     AuthContextDep,
     TenantsDep,
     WriteRateLimit,
+    auth_state_cache,
     require_role,
 )
 from service.auth.principal import Principal
 from service.auth.repository import RefreshTokenRepository
-from service.core.dependencies import DbSession, RequireJson, SettingsDep
+from service.core.dependencies import DbSession, RequireJson, SettingsDep, StoreDep
 from service.core.pagination import MAX_CURSOR_LENGTH, cursor_key
 from service.tenants.schemas import TenantSlug
 from service.users.models import Role
@@ -40,10 +41,10 @@ UserManager = Annotated[
 
 
 async def get_user_service(
-    session: DbSession, context: AuthContextDep, settings: SettingsDep
+    session: DbSession, context: AuthContextDep, settings: SettingsDep, store: StoreDep
 ) -> UserService:
     return UserService(
-        UserRepository(session),
+        UserRepository(session, auth_state_cache(context, store)),
         RefreshTokenRepository(session),
         context.passwords,
         cursor_key(settings.auth.jwt_secret.get_secret_value().encode(), "users"),

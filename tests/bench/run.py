@@ -41,6 +41,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from tests.bench.tenant import ARTICLE_SLUG, BenchTenant, TenantSetupError, bench_tenant
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_PATH = REPO_ROOT / "bench-results" / "latest.json"
 HOST = "127.0.0.1"  # loopback only, never anything else
@@ -76,6 +78,12 @@ class ServerContext:
     python: str
     port: int
     workdir: Path  # a fresh temp dir per server; removed at the end
+    tenant: BenchTenant | None  # the PostgreSQL fixture, for servers with `needs_tenant`
+
+    def require_tenant(self) -> BenchTenant:
+        if self.tenant is None:
+            raise BenchError("this server needs the PostgreSQL fixture (needs_tenant=True)")
+        return self.tenant
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,10 @@ class Server:
     name: str
     build: Callable[[ServerContext], ServerSpec]
     ready_path: str
-    # Run once after readiness with the base URL (seed rows, prime a cache, ...).
-    prepare: Callable[[str], None] | None = None
+    # Run once after readiness with the base URL; returns headers every target of this
+    # server sends (a bearer token). May seed rows or prime a cache.
+    prepare: Callable[[str, ServerContext], Mapping[str, str]] | None = None
+    needs_tenant: bool = False  # a PostgreSQL control plane, tenant and owner (tenant.py)
 
 
 @dataclass(frozen=True)
@@ -95,16 +105,28 @@ class Target:
     path: str
     headers: Mapping[str, str] = field(default_factory=dict)
     expect_status: int = 200
+    connections: int | None = None  # overrides --connections (the 256-connection checks)
+    # A stall check: any non-2xx answer (a pool timeout is a 503) or socket error (wrk gives
+    # up on a request after 2 s) in any round is a failure of the target's goal.
+    must_not_stall: bool = False
 
 
 @dataclass(frozen=True)
 class Ratio:
-    """`numerator` req/s divided by `denominator` req/s, with a goal of at least `minimum`."""
+    """`numerator` / `denominator` of a median metric, with a floor (or, `at_most`, a ceiling).
+
+    Throughput ratios have floors (c/d >= 0.45); latency ratios have ceilings (p99 <= 3x).
+    """
 
     name: str
     numerator: str
     denominator: str
-    minimum: float
+    bound: float
+    metric: str = "requests_per_second"
+    at_most: bool = False
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.at_most else value >= self.bound
 
 
 def base_env() -> dict[str, str]:
@@ -123,35 +145,119 @@ def build_reference(ctx: ServerContext) -> ServerSpec:
     return ServerSpec(command=command, env=base_env(), cwd=REPO_ROOT)
 
 
-def build_berth(ctx: ServerContext) -> ServerSpec:
-    """berth exactly as production starts it: the CLI, JSON logs, a migrated database."""
+def _berth_spec(
+    ctx: ServerContext, env_overrides: Mapping[str, str], setup: list[list[str]]
+) -> ServerSpec:
+    """berth exactly as production starts it: the CLI, JSON logs, stdout to a file."""
     env = base_env()
     env.update(
         {
             "BERTH_HTTP__HOST": HOST,
             "BERTH_HTTP__PORT": str(ctx.port),
-            "BERTH_DATABASE__URL": f"sqlite+aiosqlite:///{ctx.workdir / 'b.db'}",
             "BERTH_OBSERVABILITY__LOG_FORMAT": "json",
+            **env_overrides,
         }
     )
     # cwd is the temp dir, so a developer's `.env` in the repository cannot leak in.
     return ServerSpec(
-        command=[ctx.python, "-m", "service", "serve"],
-        env=env,
-        cwd=ctx.workdir,
-        setup=[[ctx.python, "-m", "service", "migrate"]],
+        command=[ctx.python, "-m", "service", "serve"], env=env, cwd=ctx.workdir, setup=setup
     )
+
+
+def build_berth(ctx: ServerContext) -> ServerSpec:
+    """berth on a migrated SQLite control plane: what `/api/v1/info` needs."""
+    database = {"BERTH_DATABASE__URL": f"sqlite+aiosqlite:///{ctx.workdir / 'b.db'}"}
+    return _berth_spec(ctx, database, setup=[[ctx.python, "-m", "service", "migrate"]])
+
+
+def build_berth_postgres(*, cache: bool) -> Callable[[ServerContext], ServerSpec]:
+    """berth on the PostgreSQL fixture (control plane, tenant, Redis), article cache on or off."""
+
+    def build(ctx: ServerContext) -> ServerSpec:
+        env = {**ctx.require_tenant().env, "BERTH_CACHE__ENABLED": str(cache).lower()}
+        return _berth_spec(ctx, env, setup=[])
+
+    return build
+
+
+def build_reference_db(ctx: ServerContext) -> ServerSpec:
+    from service.core.config import TenantSettings
+
+    tenant_engine = TenantSettings()
+    env = base_env()
+    env["BENCH_REFERENCE_DSN"] = ctx.require_tenant().tenant_dsn
+    # As many connections as one berth tenant engine may hold (pool + overflow).
+    pool_max = tenant_engine.engine_pool_size + tenant_engine.engine_max_overflow
+    env["BENCH_REFERENCE_POOL_MAX"] = str(pool_max)
+    command = [
+        ctx.python, "-m", "uvicorn", "tests.bench.reference_db_app:app",
+        "--host", HOST, "--port", str(ctx.port),
+        "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--workers", "1", "--log-level", "warning",
+    ]  # fmt: skip
+    return ServerSpec(command=command, env=env, cwd=REPO_ROOT)
+
+
+def prepare_berth_postgres(base_url: str, ctx: ServerContext) -> Mapping[str, str]:
+    from tests.bench.tenant import prepare_server
+
+    return prepare_server(base_url, ctx.require_tenant())
 
 
 REFERENCE = Server(name="reference", build=build_reference, ready_path="/info")
 BERTH = Server(name="berth", build=build_berth, ready_path="/api/v1/health/live")
+REFERENCE_DB = Server(
+    name="reference-db", build=build_reference_db, ready_path="/health", needs_tenant=True
+)
+BERTH_PG = Server(
+    name="berth-pg",
+    build=build_berth_postgres(cache=True),
+    ready_path="/api/v1/health/live",
+    prepare=prepare_berth_postgres,
+    needs_tenant=True,
+)
+BERTH_PG_NO_CACHE = Server(
+    name="berth-pg-nocache",
+    build=build_berth_postgres(cache=False),
+    ready_path="/api/v1/health/live",
+    prepare=prepare_berth_postgres,
+    needs_tenant=True,
+)
 
+ARTICLE = f"/api/v1/articles/{ARTICLE_SLUG}"
+REFERENCE_ARTICLE = f"/articles/{ARTICLE_SLUG}"
+LIST_PAGE = "/api/v1/articles?limit=20"
+STALL_CONNECTIONS = 256
 TARGETS: list[Target] = [
     Target("a", "reference: bare FastAPI GET /info", REFERENCE, "/info"),
     Target("b", "berth GET /api/v1/info, full stack", BERTH, "/api/v1/info"),
+    Target("c", "berth GET article by slug, cache off", BERTH_PG_NO_CACHE, ARTICLE),
+    Target("d", "reference: same row, bare asyncpg pool", REFERENCE_DB, REFERENCE_ARTICLE),
+    Target("e", "berth GET article by slug, cache hit", BERTH_PG, ARTICLE),
+    Target("f", "berth GET list page of 20 with tags", BERTH_PG, LIST_PAGE),
+    Target(
+        "g",
+        "c at 256 connections (stall check)",
+        BERTH_PG_NO_CACHE,
+        ARTICLE,
+        connections=STALL_CONNECTIONS,
+        must_not_stall=True,
+    ),
+    Target(
+        "h",
+        "f at 256 connections (stall check)",
+        BERTH_PG,
+        LIST_PAGE,
+        connections=STALL_CONNECTIONS,
+        must_not_stall=True,
+    ),
 ]
 RATIOS: list[Ratio] = [
-    Ratio("b/a", numerator="b", denominator="a", minimum=0.75),
+    Ratio("b/a", numerator="b", denominator="a", bound=0.75),
+    Ratio("c/d", numerator="c", denominator="d", bound=0.45),
+    Ratio("c/d p99", numerator="c", denominator="d", bound=3.0, metric="p99_ms", at_most=True),
+    Ratio("e/b", numerator="e", denominator="b", bound=0.60),
+    Ratio("f/b", numerator="f", denominator="b", bound=0.30),
 ]
 
 
@@ -193,12 +299,16 @@ def free_port() -> int:
 class RunningServer:
     """One server process in its own process group, output in files of its temp dir."""
 
-    def __init__(self, server: Server, python: str, root: Path) -> None:
+    def __init__(self, server: Server, python: str, root: Path, tenant: BenchTenant | None) -> None:
         self.server = server
         self.workdir = root / server.name
         self.workdir.mkdir()
         self.port = free_port()
-        self.spec = server.build(ServerContext(python=python, port=self.port, workdir=self.workdir))
+        self.context = ServerContext(
+            python=python, port=self.port, workdir=self.workdir, tenant=tenant
+        )
+        self.spec = server.build(self.context)
+        self.headers: Mapping[str, str] = {}  # from `prepare`, sent by every target
         self.stdout_path = self.workdir / "stdout.log"
         self.stderr_path = self.workdir / "stderr.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -229,7 +339,10 @@ class RunningServer:
             )  # fmt: skip
         self._wait_ready()
         if self.server.prepare is not None:
-            self.server.prepare(self.base_url)
+            try:
+                self.headers = self.server.prepare(self.base_url, self.context)
+            except TenantSetupError as exc:
+                raise BenchError(f"{self.server.name}: preparing failed: {exc}") from exc
 
     def _wait_ready(self) -> None:
         url = self.base_url + self.server.ready_path
@@ -272,13 +385,36 @@ def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, b
 
 
 @contextlib.contextmanager
+def postgres_fixture(
+    servers: Sequence[Server], python: str, root: Path
+) -> Iterator[BenchTenant | None]:
+    """The PostgreSQL tenant when a selected server needs it (dropped on exit), else None."""
+    if not any(server.needs_tenant for server in servers):
+        yield None
+        return
+    workdir = root / "postgres"
+    workdir.mkdir()
+    print("  creating the PostgreSQL control plane, tenant and owner ...", flush=True)
+    try:
+        with bench_tenant(workdir, python, base_env()) as tenant:
+            print(f"  tenant {tenant.slug} ready", flush=True)
+            yield tenant
+    except TenantSetupError as exc:
+        raise BenchError(f"PostgreSQL fixture: {exc}") from exc
+
+
+@contextlib.contextmanager
 def running(servers: Sequence[Server], python: str) -> Iterator[dict[str, RunningServer]]:
-    """Start every server; stop them all (process groups) however the block ends."""
+    """Start every server; stop them all (process groups) however the block ends, then drop
+    the PostgreSQL fixture."""
     started: dict[str, RunningServer] = {}
-    with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp,
+        postgres_fixture(servers, python, Path(tmp)) as tenant,
+    ):
         try:
             for server in servers:
-                instance = RunningServer(server, python, Path(tmp))
+                instance = RunningServer(server, python, Path(tmp), tenant)
                 started[server.name] = instance
                 instance.start()
                 print(f"  {server.name} ready on {instance.base_url} (pid {instance.pid})")
@@ -452,8 +588,9 @@ def select_targets(names: str | None) -> list[Target]:
 def check_targets(targets: Sequence[Target], servers: Mapping[str, RunningServer]) -> None:
     """One request per target before measuring: a benchmark of 404s measures nothing."""
     for target in targets:
-        url = servers[target.server.name].base_url + target.path
-        status, body = http_get(url, target.headers)
+        server = servers[target.server.name]
+        url = server.base_url + target.path
+        status, body = http_get(url, headers_of(target, server))
         if status != target.expect_status:
             raise BenchError(
                 f"target {target.name}: GET {url} answered {status}, expected "
@@ -462,6 +599,10 @@ def check_targets(targets: Sequence[Target], servers: Mapping[str, RunningServer
         print(
             f"  {target.name}: GET {target.path} -> {status} {body[:120].decode(errors='replace')}"
         )
+
+
+def headers_of(target: Target, server: RunningServer) -> dict[str, str]:
+    return {**server.headers, **target.headers}
 
 
 def median_of(runs: Sequence[WrkResult]) -> dict[str, float]:
@@ -477,18 +618,40 @@ def evaluate_ratios(medians: Mapping[str, Mapping[str, float]]) -> list[dict[str
     for ratio in RATIOS:
         if ratio.numerator not in medians or ratio.denominator not in medians:
             continue
-        value = (
-            medians[ratio.numerator]["requests_per_second"]
-            / medians[ratio.denominator]["requests_per_second"]
-        )
+        value = medians[ratio.numerator][ratio.metric] / medians[ratio.denominator][ratio.metric]
         results.append(
             {
                 "name": ratio.name,
+                "metric": ratio.metric,
                 "numerator": ratio.numerator,
                 "denominator": ratio.denominator,
                 "value": round(value, 3),
-                "minimum": ratio.minimum,
-                "met": value >= ratio.minimum,
+                "bound": ratio.bound,
+                "at_most": ratio.at_most,
+                "met": ratio.met(value),
+            }
+        )
+    return results
+
+
+def evaluate_stalls(
+    targets: Sequence[Target], runs: Mapping[str, Sequence[WrkResult]]
+) -> list[dict[str, Any]]:
+    """One verdict per stall-check target: no non-2xx and no socket error in any round."""
+    results = []
+    for target in targets:
+        if not target.must_not_stall:
+            continue
+        non_2xx = sum(r.non_2xx for r in runs[target.name])
+        socket_errors = sum(r.socket_errors for r in runs[target.name])
+        results.append(
+            {
+                "name": f"{target.name} no stall",
+                "target": target.name,
+                "connections": target.connections,
+                "non_2xx": non_2xx,
+                "socket_errors": socket_errors,
+                "met": non_2xx == 0 and socket_errors == 0,
             }
         )
     return results
@@ -498,6 +661,7 @@ def print_table(
     targets: Sequence[Target],
     medians: Mapping[str, Mapping[str, float]],
     ratios: Sequence[Mapping[str, Any]],
+    stalls: Sequence[Mapping[str, Any]] = (),
     out: TextIO = sys.stdout,
 ) -> None:
     width = max(len(t.description) for t in targets)
@@ -510,13 +674,21 @@ def print_table(
             f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f}",
             file=out,
         )
-    if ratios:
+    if ratios or stalls:
         print(file=out)
     for ratio in ratios:
         verdict = "met" if ratio["met"] else "MISSED"
+        unit = "req/s" if ratio["metric"] == "requests_per_second" else ratio["metric"]
+        bound = f"{'<=' if ratio['at_most'] else '>='} {ratio['bound']:.2f}"
         print(
-            f"ratio {ratio['name']} (req/s) = {ratio['value']:.3f}   target >= "
-            f"{ratio['minimum']:.2f}   {verdict}",
+            f"ratio {ratio['name']} ({unit}) = {ratio['value']:.3f}   target {bound}   {verdict}",
+            file=out,
+        )
+    for stall in stalls:
+        verdict = "met" if stall["met"] else "MISSED"
+        print(
+            f"check {stall['name']} at {stall['connections']} connections: "
+            f"non-2xx {stall['non_2xx']}, socket errors {stall['socket_errors']}   {verdict}",
             file=out,
         )
 
@@ -552,10 +724,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         check_targets(targets, started)
         for round_number in range(1, args.rounds + 1):
             for target in targets:
-                url = started[target.server.name].base_url + target.path
+                server = started[target.server.name]
+                url = server.base_url + target.path
+                headers = headers_of(target, server)
+                connections = target.connections or args.connections
                 if args.warmup > 0:
-                    run_wrk(wrk, url, args.warmup, args.connections, target.headers)
-                result = run_wrk(wrk, url, args.duration, args.connections, target.headers)
+                    run_wrk(wrk, url, args.warmup, connections, headers)
+                result = run_wrk(wrk, url, args.duration, connections, headers)
                 runs[target.name].append(result)
                 flag = ""
                 if result.non_2xx or result.socket_errors:
@@ -569,7 +744,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         output_lines = {name: s.output_lines() for name, s in started.items()}
     medians = {name: median_of(results) for name, results in runs.items()}
     ratios = evaluate_ratios(medians)
-    print_table(targets, medians, ratios)
+    stalls = evaluate_stalls(targets, runs)
+    print_table(targets, medians, ratios, stalls)
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
@@ -589,6 +765,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "description": t.description,
                 "server": t.server.name,
                 "path": t.path,
+                "connections": t.connections or args.connections,
                 "median": medians[t.name],
                 "rounds": [r.as_dict() for r in runs[t.name]],
             }
@@ -596,6 +773,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         },
         "server_stdout_lines": output_lines,
         "ratios": ratios,
+        "stall_checks": stalls,
     }
 
 
@@ -615,7 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    missed = [r["name"] for r in results["ratios"] if not r["met"]]
+    verdicts = [*results["ratios"], *results["stall_checks"]]
+    missed = [r["name"] for r in verdicts if not r["met"]]
     print(f"\nresults written to {args.output}")
     if missed:
         print(f"MISSED: {', '.join(missed)} below target (a measurement, exit code stays 0)")

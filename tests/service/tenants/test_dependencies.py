@@ -15,14 +15,18 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.articles.models import Article
 from service.core.config import Settings
 from service.core.errors import ERROR_RESPONSES
 from service.core.logging import get_logger
 from service.main import create_app
-from service.tenants.dependencies import CurrentTenant, tenant_resolver, tenant_session_for
+from service.tenants.dependencies import (
+    CurrentTenant,
+    TenantScope,
+    tenant_resolver,
+    tenant_scope_for,
+)
 from service.tenants.engines import TenantEngines
 from service.tenants.metrics import TENANT_ENGINE_EVICTIONS, TENANT_REGISTRY_ENTRIES
 from service.tenants.registry import remove_entry, write_entry
@@ -43,7 +47,7 @@ async def claim_from_test_headers(
 
 current_tenant = tenant_resolver(claim_from_test_headers)
 Tenant = Annotated[TenantEntry, Depends(current_tenant)]
-Session = Annotated[AsyncSession, Depends(tenant_session_for(current_tenant), scope="function")]
+Scope = Annotated[TenantScope, Depends(tenant_scope_for(current_tenant), scope="function")]
 
 
 class WhoAmI(BaseModel):
@@ -64,20 +68,19 @@ def tenant_router() -> APIRouter:
         return WhoAmI(slug=tenant.slug)
 
     @router.post("/articles", response_model=WhoAmI)
-    async def add(
-        tenant: Tenant, session: Session, title: str, outcome: Literal["ok", "http", "crash"]
-    ) -> WhoAmI:
+    async def add(scope: Scope, title: str, outcome: Literal["ok", "http", "crash"]) -> WhoAmI:
+        session = scope.session
         session.add(Article(slug=uuid.uuid4().hex, title=title, author_id=uuid.uuid4()))
         await session.flush()
         if outcome == "http":
             raise HTTPException(status_code=409, detail="conflict after write")
         if outcome == "crash":
             raise RuntimeError("crash after write")
-        return WhoAmI(slug=tenant.slug)
+        return WhoAmI(slug=scope.tenant.slug)
 
     @router.get("/articles", response_model=Titles)
-    async def titles(session: Session) -> Titles:
-        return Titles(titles=list((await session.scalars(select(Article.title))).all()))
+    async def titles(scope: Scope) -> Titles:
+        return Titles(titles=list((await scope.session.scalars(select(Article.title))).all()))
 
     @router.get("/unwired", response_model=WhoAmI)
     async def unwired(tenant: CurrentTenant) -> WhoAmI:

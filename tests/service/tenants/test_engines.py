@@ -52,7 +52,7 @@ def engines_with(clock: list[float] | None = None, **settings: object) -> Tenant
 
 @asynccontextmanager
 async def tenant_session(engines: TenantEngines, entry: TenantEntry) -> AsyncIterator[AsyncSession]:
-    async with engines.lease(entry) as factory, session_of(factory) as session:
+    async with engines.lease(entry) as sessions, session_of(sessions.write) as session:
         yield session
 
 

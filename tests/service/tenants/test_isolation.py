@@ -91,7 +91,7 @@ async def test_interleaved_sessions_of_two_tenants_never_see_each_other(
     plan = [rng.choice((a, b)) for _ in range(300)]
 
     async def work(index: int, entry: TenantEntry) -> tuple[str, str, set[str]]:
-        async with engines.lease(entry) as factory, session_of(factory) as session:
+        async with engines.lease(entry) as sessions, session_of(sessions.write) as session:
             session.add(Article(slug=f"s-{index}", title=f"{entry.slug}:{index}",
                                 author_id=uuid.uuid4()))  # fmt: skip
             await session.flush()

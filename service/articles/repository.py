@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, delete, or_, select
+from sqlalchemy import Row, Select, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import joinedload
 
 from service.articles.models import Article, ArticleTag, Tag
 from service.articles.schemas import ArticleFilters
@@ -22,7 +25,10 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _filtered(statement: Select[Article], filters: ArticleFilters) -> Select[Article]:
+AnySelect = TypeVar("AnySelect", bound=Select[*tuple[Any, ...]])
+
+
+def _filtered(statement: AnySelect, filters: ArticleFilters) -> AnySelect:
     if filters.status is not None:
         statement = statement.where(Article.status == filters.status.value)
     if filters.author_id is not None:
@@ -40,21 +46,80 @@ def _filtered(statement: Select[Article], filters: ArticleFilters) -> Select[Art
     return statement
 
 
-# Built once: constructing the statement cost more per request than running it (profile).
-_BY_SLUG = (
-    select(Article).options(joinedload(Article.tags)).where(Article.slug == bindparam("slug"))
+@dataclass(frozen=True, slots=True)
+class ArticleRecord:
+    """An article as read: plain columns and tag names, no ORM entity (reads are hot)."""
+
+    id: uuid.UUID
+    slug: str
+    title: str
+    body: str
+    status: str
+    author_id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    tags: list[str]
+
+    @classmethod
+    def of(cls, article: Article | Row[*tuple[Any, ...]], tags: list[str]) -> ArticleRecord:
+        """From an entity (writes) or a row of `_COLUMNS` (reads)."""
+        return cls(
+            id=article.id,
+            slug=article.slug,
+            title=article.title,
+            body=article.body,
+            status=article.status,
+            author_id=article.author_id,
+            created_at=article.created_at,
+            updated_at=article.updated_at,
+            version=article.version,
+            tags=tags,
+        )
+
+
+_COLUMNS = (
+    Article.id, Article.slug, Article.title, Article.body, Article.status, Article.author_id,
+    Article.created_at, Article.updated_at, Article.version,
+)  # fmt: skip
+# Built once: constructing a statement cost more per request than running it (profile).
+# Reads select columns, not entities: ORM identity-map loading was the largest part of a
+# list page's time (docs/benchmarks.md).
+_RECORD_BY_SLUG = (
+    select(*_COLUMNS, Tag.name)
+    .outerjoin(ArticleTag, ArticleTag.article_id == Article.id)
+    .outerjoin(Tag, Tag.id == ArticleTag.tag_id)
+    .where(Article.slug == bindparam("slug"))
+    .order_by(Tag.name)
 )
-_BY_SLUG_FOR_UPDATE = _BY_SLUG.with_for_update(of=Article)
+_TAGS_OF = (
+    select(ArticleTag.article_id, Tag.name)
+    .join(Tag, Tag.id == ArticleTag.tag_id)
+    .where(ArticleTag.article_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Tag.name)
+)
+_ENTITY_FOR_UPDATE = (
+    select(Article)
+    .options(joinedload(Article.tags))
+    .where(Article.slug == bindparam("slug"))
+    .with_for_update(of=Article)
+)
 
 
 class ArticleRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get_by_slug(self, slug: str, *, for_update: bool = False) -> Article | None:
-        """One statement: the article joined to its tags (one row per tag)."""
-        statement = _BY_SLUG_FOR_UPDATE if for_update else _BY_SLUG
-        result = await self.session.execute(statement, {"slug": slug})
+    async def get_record(self, slug: str) -> ArticleRecord | None:
+        """One statement: the article's columns joined to its tag names (a row per tag)."""
+        rows = (await self.session.execute(_RECORD_BY_SLUG, {"slug": slug})).all()
+        if not rows:
+            return None
+        return ArticleRecord.of(rows[0], [row.name for row in rows if row.name is not None])
+
+    async def get_for_update(self, slug: str) -> Article | None:
+        """The entity with its tags, row-locked until the transaction ends (writes)."""
+        result = await self.session.execute(_ENTITY_FOR_UPDATE, {"slug": slug})
         return result.unique().scalar_one_or_none()
 
     async def slug_taken(self, slug: str) -> bool:
@@ -63,12 +128,12 @@ class ArticleRepository:
 
     async def list_page(
         self, filters: ArticleFilters, after: PagePosition | None, limit: int
-    ) -> Sequence[Article]:
+    ) -> list[ArticleRecord]:
         """Up to `limit` articles in (created_at, id) order after `after`, tags included.
 
-        Two statements whatever the page size: the page, then all its tags (selectinload).
+        Two statements whatever the page size: the page, then the tags of all its articles.
         """
-        statement = _filtered(select(Article), filters)
+        statement = _filtered(select(*_COLUMNS), filters)
         if after is not None:
             statement = statement.where(
                 or_(
@@ -76,13 +141,14 @@ class ArticleRepository:
                     and_(Article.created_at == after.created_at, Article.id > after.id),
                 )
             )
-        statement = (
-            statement.options(selectinload(Article.tags))
-            .order_by(Article.created_at, Article.id)
-            .limit(limit)
-        )
-        result = await self.session.execute(statement)
-        return result.scalars().all()
+        statement = statement.order_by(Article.created_at, Article.id).limit(limit)
+        rows = (await self.session.execute(statement)).all()
+        if not rows:
+            return []
+        tags: dict[uuid.UUID, list[str]] = {row.id: [] for row in rows}
+        for article_id, name in await self.session.execute(_TAGS_OF, {"ids": list(tags)}):
+            tags[article_id].append(name)
+        return [ArticleRecord.of(row, tags[row.id]) for row in rows]
 
     async def tags_named(self, names: Sequence[str]) -> list[Tag]:
         """The tags with these names, created when missing (safe under concurrent writers)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from service.articles.cache import ArticleCache, RenderedArticle
 from service.articles.models import Article
-from service.articles.repository import ArticleRepository
+from service.articles.repository import ArticleRecord, ArticleRepository
 from service.articles.schemas import (
     ArticleCreate,
     ArticleFilters,
@@ -22,6 +22,7 @@ from service.core.errors import Conflict, Forbidden, NotFound, PreconditionFaile
 from service.core.pagination import PagePosition, encode_cursor, position_after
 from service.users.models import Role
 
+ARTICLE_NOT_FOUND = "Article not found"
 EDITORS = frozenset({Role.OWNER, Role.ADMIN, Role.PLATFORM_ADMIN})
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -40,7 +41,7 @@ def slugify(title: str, max_length: int = 120) -> str:
     return slug or "article"
 
 
-def etag_of(article: Article) -> str:
+def etag_of(article: Article | ArticleRecord) -> str:
     return f'"{article.id.hex}.{article.version}"'
 
 
@@ -52,7 +53,7 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def to_out(article: Article) -> ArticleOut:
+def to_out(article: ArticleRecord) -> ArticleOut:
     return ArticleOut(
         id=article.id,
         slug=article.slug,
@@ -60,16 +61,21 @@ def to_out(article: Article) -> ArticleOut:
         body=article.body,
         status=article.status,
         author_id=article.author_id,
-        tags=[tag.name for tag in article.tags],
+        tags=article.tags,
         created_at=article.created_at,
         updated_at=article.updated_at,
         version=article.version,
     )
 
 
-def render(article: Article) -> RenderedArticle:
-    body = to_out(article).model_dump_json().encode()
-    return RenderedArticle(slug=article.slug, etag=etag_of(article), body=body)
+def render(article: Article | ArticleRecord) -> RenderedArticle:
+    record = (
+        ArticleRecord.of(article, [tag.name for tag in article.tags])
+        if isinstance(article, Article)
+        else article
+    )
+    body = to_out(record).model_dump_json().encode()
+    return RenderedArticle(slug=record.slug, etag=etag_of(record), body=body)
 
 
 def _distinct(names: Iterable[str]) -> list[str]:
@@ -89,7 +95,9 @@ class ArticleService:
         cached = await self.cache.get(slug)
         if cached is not None:
             return cached
-        article = await self._existing(slug)
+        article = await self.repository.get_record(slug)
+        if article is None:
+            raise NotFound(ARTICLE_NOT_FOUND)
         rendered = render(article)
         await self.cache.put(slug, rendered)
         return rendered
@@ -150,14 +158,10 @@ class ArticleService:
         await self.repository.remove(article)
         self._forget_after_commit(slug)
 
-    async def _existing(self, slug: str, *, for_update: bool = False) -> Article:
-        article = await self.repository.get_by_slug(slug, for_update=for_update)
-        if article is None:
-            raise NotFound("Article not found")
-        return article
-
     async def _writable(self, actor: Actor, slug: str, if_match: str | None) -> Article:
-        article = await self._existing(slug, for_update=True)
+        article = await self.repository.get_for_update(slug)
+        if article is None:
+            raise NotFound(ARTICLE_NOT_FOUND)
         if not actor.may_edit(article):
             raise Forbidden("Members may edit only their own articles")
         if if_match is not None and not etag_matches(if_match, etag_of(article)):

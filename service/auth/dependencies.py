@@ -63,7 +63,8 @@ async def get_auth_service(request: Request, session: DbSession) -> AuthService:
     context: AuthContext = request.app.state.auth
     store: KeyValueStore = request.app.state.resources.store
     users = UserRepository(session, auth_state_cache(context, store))
-    return AuthService(context, users, RefreshTokenRepository(session), store)
+    tenants = await get_tenants(request)
+    return AuthService(context, users, RefreshTokenRepository(session), store, tenants)
 
 
 def auth_state_cache(context: AuthContext, store: KeyValueStore) -> AuthStateCache:
@@ -85,12 +86,17 @@ async def current_claims(
 CurrentClaims = Annotated[AccessClaims, Depends(current_claims)]
 
 
-async def current_principal(request: Request, claims: CurrentClaims) -> Principal:
+async def current_principal(
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Principal:
     """The caller, checked against revocations and the user's current row.
 
-    No control-plane session per request: the row is usually in the key-value store, and
-    only a miss opens a short read-only session to fetch it.
+    It reads the token itself rather than depending on `current_claims`: every node of a
+    dependency graph costs each request (docs/benchmarks.md). No control-plane session per
+    request either: the row is usually in the key-value store, and only a miss opens a
+    short read-only session to fetch it.
     """
+    claims = await current_claims(request, token)
     resources: Resources = request.app.state.resources
 
     async def read_state(user_id: uuid.UUID) -> AuthState | None:

@@ -29,7 +29,8 @@ from service.core.config import AuthSettings
 from service.core.errors import NotFound, Unauthorized
 from service.core.logging import get_logger
 from service.core.store import KeyValueStore
-from service.tenants.schemas import TenantLookup
+from service.tenants.schemas import TenantLookup, TenantStatus
+from service.tenants.service import TenantSuspended
 from service.users.auth_state import AuthState, AuthStateCache
 from service.users.models import Role, User
 from service.users.repository import UserRepository
@@ -138,8 +139,10 @@ class AuthService:
         users: UserRepository,
         refresh_tokens: RefreshTokenRepository,
         store: KeyValueStore,
+        tenants: TenantLookup | None = None,
     ) -> None:
         self.context = context
+        self.tenants = tenants
         self.users = users
         self.refresh_tokens = refresh_tokens
         self.store = store
@@ -154,6 +157,7 @@ class AuthService:
         if user is None or not verification.valid or not user.is_active:
             log.info("login_failed", account=email_fingerprint(email))
             raise Unauthorized(BAD_CREDENTIALS, headers=BEARER)
+        self._ensure_tenant_not_suspended(user)
         if verification.new_hash is not None:
             user.password_hash = verification.new_hash
             log.info("password_rehashed", user_id=str(user.id))
@@ -175,7 +179,18 @@ class AuthService:
         user = await self.users.get(claimed.user_id)
         if user is None or not user.is_active:
             raise Unauthorized(BAD_REFRESH_TOKEN, headers=BEARER)
+        self._ensure_tenant_not_suspended(user)
         return await self._issue(user, family_id=claimed.family_id)
+
+    def _ensure_tenant_not_suspended(self, user: User) -> None:
+        """No new tokens for the users of a suspended tenant, told why (they have proved who
+        they are). Other states are left to the tenant routes, which answer 404 for them."""
+        if user.tenant_slug is None or self.tenants is None:
+            return
+        entry = self.tenants.get(user.tenant_slug)
+        if entry is not None and entry.status is TenantStatus.SUSPENDED:
+            log.info("tokens_refused_tenant_suspended", user_id=str(user.id))
+            raise TenantSuspended()
 
     async def _refuse_unusable(
         self, token_hash: str, now: datetime, commit: Callable[[], Awaitable[None]]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, make_url
+from sqlalchemy import TextClause, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -27,6 +27,7 @@ APPLICATION_NAME = "berth"
 # Methods whose requests only read: their sessions run on autocommit connections.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHECKED_IN_AT = "berth.checked_in_at"
+_QUERY_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN"})
 
 
 def safe_url(url: str | URL) -> str:
@@ -121,9 +122,21 @@ def _refuse_flush(session: Session, *_: Any) -> None:
         raise ReadOnlySessionError("a read-only (GET/HEAD) session cannot write rows")
 
 
+def _is_query_text(sql: str) -> bool:
+    words = sql.lstrip(" \t\r\n(").split(None, 1)
+    return bool(words) and words[0].upper() in _QUERY_KEYWORDS
+
+
 def _refuse_dml(state: ORMExecuteState) -> None:
-    if state.is_insert or state.is_update or state.is_delete:
-        raise ReadOnlySessionError("a read-only (GET/HEAD) session cannot run INSERT/UPDATE/DELETE")
+    """DML constructs, and textual SQL that does not start as a query, are refused.
+
+    A data-modifying CTE in text (`WITH x AS (DELETE ...) SELECT ...`) or SQL sent through
+    the raw connection would still pass: the guard is for mistakes, not for hostile code.
+    """
+    statement = state.statement
+    is_write = state.is_insert or state.is_update or state.is_delete
+    if is_write or (isinstance(statement, TextClause) and not _is_query_text(statement.text)):
+        raise ReadOnlySessionError("a read-only (GET/HEAD) session cannot write")
 
 
 event.listen(ReadOnlySession, "before_flush", _refuse_flush)

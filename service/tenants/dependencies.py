@@ -11,36 +11,41 @@ name the factory's arguments, which FastAPI could not resolve from strings later
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.dependencies import CurrentPrincipal
+from service.auth.dependencies import current_principal
 from service.core.logging import TENANT
 from service.db.engine import session_scope
 from service.tenants.engines import TenantEngines
 from service.tenants.schemas import TenantEntry, TenantLookup
 from service.tenants.service import TENANT_HEADER, TenantClaim, resolve_tenant
 
+ClaimDependency = Callable[..., Awaitable[TenantClaim]]
+TenantHeader = Annotated[str | None, Header(alias=TENANT_HEADER)]
 
-def tenant_resolver(
-    claim_dependency: Callable[..., Any],
-) -> Callable[..., Awaitable[TenantEntry]]:
+
+def _request_tenant(request: Request, claim: TenantClaim, requested: str | None) -> TenantEntry:
+    lookup: TenantLookup = request.app.state.tenants
+    entry = resolve_tenant(claim.tenant_slug, claim.is_platform_admin, requested, lookup)
+    # Bound in an async dependency, the tenant is on every later log line of the request.
+    structlog.contextvars.bind_contextvars(**{TENANT: entry.slug})
+    return entry
+
+
+def tenant_resolver(claim_dependency: ClaimDependency) -> Callable[..., Awaitable[TenantEntry]]:
     """A dependency resolving the request's tenant from the claim `claim_dependency` gives
-    (a `TenantClaim`) and the optional X-Tenant-ID header."""
+    (a `TenantClaim`, such as the authenticated `Principal`) and the X-Tenant-ID header."""
 
     async def current_tenant(
         request: Request,
         claim: Annotated[TenantClaim, Depends(claim_dependency)],
-        requested: Annotated[str | None, Header(alias=TENANT_HEADER)] = None,
+        requested: TenantHeader = None,
     ) -> TenantEntry:
-        lookup: TenantLookup = request.app.state.tenants
-        entry = resolve_tenant(claim.tenant, claim.is_platform_admin, requested, lookup)
-        # Async on purpose: bound here, the tenant is on every later log line of the request.
-        structlog.contextvars.bind_contextvars(**{TENANT: entry.slug})
-        return entry
+        return _request_tenant(request, claim, requested)
 
     return current_tenant
 
@@ -54,20 +59,23 @@ class TenantScope:
 
 
 def tenant_scope_for(
-    tenant_dependency: Callable[..., Awaitable[TenantEntry]],
+    claim_dependency: ClaimDependency,
 ) -> Callable[..., AsyncIterator[TenantScope]]:
-    """A dependency yielding the tenant and an AsyncSession on its own engine: committed when
-    the route returns, rolled back on any exception (HTTP ones too), as `DbSession`; read-only
-    on autocommit for GET/HEAD (`SessionFactories`).
+    """A dependency yielding the tenant (as `tenant_resolver`) and an AsyncSession on its own
+    engine: committed when the route returns, rolled back on any exception (HTTP ones too),
+    as `DbSession`; read-only on autocommit for GET/HEAD (`SessionFactories`).
 
-    Tenant and session come as one object: FastAPI walks a dependency's whole sub-graph each
-    time a route names it, so naming the tenant and the session apart walked the principal's
-    sub-graph twice per request.
+    One dependency, not one per step: FastAPI walks a dependency's whole sub-graph each time
+    a route names it and spends tens of microseconds per node and request, which made the
+    graph the largest cost of a cached article GET (docs/benchmarks.md).
     """
 
     async def tenant_scope(
-        request: Request, tenant: Annotated[TenantEntry, Depends(tenant_dependency)]
+        request: Request,
+        claim: Annotated[TenantClaim, Depends(claim_dependency)],
+        requested: TenantHeader = None,
     ) -> AsyncIterator[TenantScope]:
+        tenant = _request_tenant(request, claim, requested)
         engines: TenantEngines = request.app.state.resources.tenant_engines
         async with (
             engines.lease(tenant) as sessions,
@@ -78,14 +86,10 @@ def tenant_scope_for(
     return tenant_scope
 
 
-async def tenant_claim(principal: CurrentPrincipal) -> TenantClaim:
-    """What the authenticated principal's token says about tenancy."""
-    return TenantClaim(tenant=principal.tenant_slug, is_platform_admin=principal.is_platform_admin)
-
-
-current_tenant = tenant_resolver(tenant_claim)
+# The authenticated principal is the claim: its token's tenant, or a platform admin.
+current_tenant = tenant_resolver(current_principal)
 CurrentTenant = Annotated[TenantEntry, Depends(current_tenant)]
 # scope="function": commit/rollback runs when the route returns, before the response is sent.
 CurrentTenantScope = Annotated[
-    TenantScope, Depends(tenant_scope_for(current_tenant), scope="function")
+    TenantScope, Depends(tenant_scope_for(current_principal), scope="function")
 ]

@@ -8,7 +8,7 @@ the tenant exists, so the answer never reveals another tenant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 from service.core.errors import BadRequest, Forbidden, NotFound
 from service.tenants.schemas import TenantEntry, TenantLookup, TenantStatus, is_valid_slug
@@ -28,12 +28,15 @@ class TenantRequired(BadRequest):
     message = f"Platform admins must name a tenant with the {TENANT_HEADER} header"
 
 
-@dataclass(frozen=True)
-class TenantClaim:
-    """What the authenticated principal says about tenancy (from its token)."""
+class TenantClaim(Protocol):
+    """What the caller's credentials say about tenancy; the authenticated `Principal` is one."""
 
-    tenant: str | None  # the token's `tid`; None for platform admins
-    is_platform_admin: bool = False
+    @property
+    def tenant_slug(self) -> str | None:
+        """The token's tenant (`tid`); None for platform admins."""
+
+    @property
+    def is_platform_admin(self) -> bool: ...
 
 
 def requested_slug(token_tenant: str | None, is_platform_admin: bool, requested: str | None) -> str:

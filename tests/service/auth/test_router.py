@@ -256,6 +256,47 @@ async def test_logout_all_ends_every_session_of_the_user(api: Api) -> None:
     assert await api.me_status(bystander["access_token"]) == 200
 
 
+# Suspended tenants ------------------------------------------------------------------------
+
+
+async def test_users_of_a_suspended_tenant_get_no_new_tokens(api: Api) -> None:
+    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    api.app.state.tenants = DictTenants(entry("acme"))
+    user = await api.user(tenant_slug="acme")
+    tokens = await api.login(user)
+    api.app.state.tenants = DictTenants(entry("acme", status=TenantStatus.SUSPENDED))
+
+    login = await api.client.post(LOGIN, json={"email": user.email, "password": user.password})
+    refreshed = await api.refresh(tokens["refresh_token"])
+
+    body = assert_envelope(login, 403, "Forbidden", LOGIN)
+    assert body["message"] == "This tenant is suspended"
+    assert_envelope(refreshed, 403, "Forbidden", REFRESH)
+
+
+async def test_a_resumed_tenant_lets_its_users_log_in_again(api: Api) -> None:
+    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    api.app.state.tenants = DictTenants(entry("acme", status=TenantStatus.SUSPENDED))
+    user = await api.user(tenant_slug="acme")
+    refused = await api.client.post(LOGIN, json={"email": user.email, "password": user.password})
+    api.app.state.tenants = DictTenants(entry("acme"))
+
+    assert refused.status_code == 403
+    await api.login(user)
+
+
+async def test_a_suspended_tenant_answers_only_after_the_password_is_checked(api: Api) -> None:
+    """A wrong password is the usual 401: the tenant's state is told only to its users."""
+    api.app.state.tenants = DictTenants(entry("acme", status=TenantStatus.SUSPENDED))
+    user = await api.user(tenant_slug="acme")
+
+    response = await api.client.post(
+        LOGIN, json={"email": user.email, "password": "not the password at all"}
+    )
+
+    assert_envelope(response, 401, "Unauthorized", LOGIN)
+
+
 # Register ---------------------------------------------------------------------------------
 
 

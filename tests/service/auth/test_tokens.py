@@ -7,6 +7,8 @@ Real PostgreSQL (a fresh migrated database per test); tokens checked with PyJWT 
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from service.auth.tokens import TokenCodec
+from service.auth.tokens import InvalidToken, TokenCodec
 from service.core.config import AuthSettings, ConfigError, Settings
 from service.main import create_app
 from tests.conftest import IdentityAppFactory
@@ -234,3 +236,89 @@ def test_the_public_key_is_derived_when_only_the_private_key_is_configured(
 
     assert (claims.user_id, claims.tenant_slug, claims.token_version) == (user_id, "acme", 3)
     assert claims.token_id == token.token_id
+
+
+# The verified-token cache: a hit skips the signature check, never the expiry or the key.
+
+
+def hs256_codec(secret: str = SECRET) -> TokenCodec:
+    return TokenCodec(AuthSettings(jwt_secret=secret))
+
+
+def cache_hits(codec: TokenCodec) -> int:
+    """How often `decode` was answered from the verified-token cache (lru_cache's own count)."""
+    return int(codec._verified.cache_info().hits)
+
+
+def reencoded_payload(token: str, **changes: Any) -> str:
+    """`token` with claims changed in its payload and the original header and signature."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    encoded = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{encoded}.{signature}"
+
+
+def test_a_token_verified_while_valid_is_refused_once_it_has_expired() -> None:
+    codec = hs256_codec()
+    issued = codec.issue(user_id=uuid.uuid4(), tenant_slug="acme", role="member", token_version=0)
+    codec.decode(issued.token)  # verified and cached while valid
+
+    just_before = codec.decode(issued.token, now=issued.expires_at - timedelta(seconds=1))
+    with pytest.raises(InvalidToken):
+        codec.decode(issued.token, now=issued.expires_at)
+    with pytest.raises(InvalidToken):
+        codec.decode(issued.token, now=issued.expires_at + timedelta(hours=1))
+
+    assert just_before.token_id == issued.token_id
+    assert cache_hits(codec) == 3  # every later decode came from the cache
+
+
+def test_a_modified_copy_of_a_cached_token_is_refused() -> None:
+    codec = hs256_codec()
+    issued = codec.issue(user_id=uuid.uuid4(), tenant_slug="acme", role="member", token_version=0)
+    original = codec.decode(issued.token)
+    header, payload, signature = issued.token.split(".")
+    middle = len(signature) // 2  # not the last character, whose low bits base64 ignores
+    flipped = "A" if signature[middle] != "A" else "B"
+    tampered = {
+        "signature": f"{header}.{payload}.{signature[:middle]}{flipped}{signature[middle + 1 :]}",
+        "role": reencoded_payload(issued.token, role="owner"),
+        "tenant": reencoded_payload(issued.token, tid="globex"),
+        "version": reencoded_payload(issued.token, ver=1),
+    }
+
+    for name, token in tampered.items():
+        with pytest.raises(InvalidToken):
+            codec.decode(token)
+        assert token != issued.token, name
+
+    assert codec.decode(issued.token) == original
+
+
+def test_a_token_cached_by_one_codec_is_refused_by_a_codec_with_another_key() -> None:
+    ours, theirs = hs256_codec(), hs256_codec("t" * 48)
+    issued = theirs.issue(user_id=uuid.uuid4(), tenant_slug=None, role="member", token_version=0)
+    theirs.decode(issued.token)
+
+    with pytest.raises(InvalidToken):
+        ours.decode(issued.token)
+
+
+def test_a_refused_token_is_checked_again_every_time() -> None:
+    """Failures are not cached: the same bad token is checked (and refused) on each use."""
+    codec = hs256_codec()
+    expired = codec.issue(
+        user_id=uuid.uuid4(),
+        tenant_slug="acme",
+        role="member",
+        token_version=0,
+        now=datetime.now(UTC) - timedelta(days=1),
+    )
+
+    for token in ("not-a-jwt", "not-a-jwt", expired.token):
+        with pytest.raises(InvalidToken):
+            codec.decode(token)
+
+    info = codec._verified.cache_info()
+    assert (info.hits, info.currsize) == (0, 0)

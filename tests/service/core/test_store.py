@@ -73,3 +73,26 @@ async def test_memory_store_is_bounded_and_evicts_least_recently_used() -> None:
 
     assert await kv.get("b") is None
     assert [await kv.get(n) for n in ("a", "c", "d")] == [b"a", b"c", b"d"]
+
+
+async def test_get_many_returns_values_in_order_with_none_for_missing_keys(
+    store: KeyValueStore,
+) -> None:
+    first, missing, second = key(), key(), key()
+    await store.set(first, b"one", ttl_seconds=30)
+    await store.set(second, b"two", ttl_seconds=30)
+
+    assert await store.get_many(second, missing, first) == [b"two", None, b"one"]
+    assert await store.get_many(first, first) == [b"one", b"one"]
+    assert await store.get_many(missing) == [None]
+    assert await store.get_many() == []
+
+
+async def test_get_many_answers_none_for_an_expired_key(store: KeyValueStore) -> None:
+    short, long = key(), key()
+    await store.set(short, b"short-lived", ttl_seconds=1)
+    await store.set(long, b"long-lived", ttl_seconds=30)
+
+    await asyncio.sleep(1.1)
+
+    assert await store.get_many(short, long) == [None, b"long-lived"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,23 +32,29 @@ from service.tenants.engines import TenantEngines
 from service.tenants.metrics import TENANT_ENGINE_EVICTIONS, TENANT_REGISTRY_ENTRIES
 from service.tenants.registry import remove_entry, write_entry
 from service.tenants.schemas import TenantEntry, TenantStatus
-from service.tenants.service import TenantClaim
 from tests.conftest import ClientFactory
 from tests.service.tenants.conftest import SqliteTenants
 from tests.support import assert_envelope, json_lines
 
 
+@dataclass(frozen=True)
+class HeaderClaim:
+    """A `TenantClaim` from test headers: stands in for the authenticated principal."""
+
+    tenant_slug: str | None
+    is_platform_admin: bool
+
+
 async def claim_from_test_headers(
     x_test_tenant: Annotated[str | None, Header()] = None,
     x_test_admin: Annotated[bool, Header()] = False,
-) -> TenantClaim:
-    """Stands in for the authenticated principal's token."""
-    return TenantClaim(tenant=x_test_tenant, is_platform_admin=x_test_admin)
+) -> HeaderClaim:
+    return HeaderClaim(tenant_slug=x_test_tenant, is_platform_admin=x_test_admin)
 
 
 current_tenant = tenant_resolver(claim_from_test_headers)
 Tenant = Annotated[TenantEntry, Depends(current_tenant)]
-Scope = Annotated[TenantScope, Depends(tenant_scope_for(current_tenant), scope="function")]
+Scope = Annotated[TenantScope, Depends(tenant_scope_for(claim_from_test_headers), scope="function")]
 
 
 class WhoAmI(BaseModel):
@@ -277,3 +284,33 @@ async def wait_for_status(
         if loop.time() > deadline:
             pytest.fail(f"{path} never answered {status}", pytrace=False)
         await asyncio.sleep(0.02)
+
+
+async def test_a_request_finding_every_tenant_connection_taken_is_a_503_retry_after(
+    make_settings: Callable[..., Settings],
+    migrated_sqlite: str,
+    registry_dir: Path,
+    sqlite_tenants: SqliteTenants,
+    client_for: ClientFactory,
+) -> None:
+    """Pools of one connection and a 0.2 s pool timeout: while a lease holds acme's only
+    permit, a request on acme queues, then gives up; beta is not affected."""
+    [acme, _] = sqlite_tenants("acme", "beta")
+    settings = make_settings(
+        database={"url": migrated_sqlite, "pool_timeout_seconds": 0.2},
+        tenants={"registry_dir": str(registry_dir), "engine_pool_size": 1},
+    )
+    app = create_app(settings)
+    app.include_router(tenant_router())
+    client = await client_for(app)
+    path = "/api/v1/test/tenant/articles"
+
+    async with engines_of(app).lease(acme):
+        busy = await client.get(path, headers=as_member("acme"))
+        other = await client.get(path, headers=as_member("beta"))
+    freed = await client.get(path, headers=as_member("acme"))
+
+    assert_envelope(busy, 503, "ServiceUnavailable", path)
+    assert busy.headers["retry-after"] == "1"
+    assert other.status_code == 200
+    assert freed.status_code == 200

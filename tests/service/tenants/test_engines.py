@@ -1,5 +1,6 @@
 """The per-tenant engine cache: bounded (engines and connections), least recently used idle
-engine out first, engines in use never pulled from under a session, metrics.
+engine out first, engines in use never pulled from under a session, metrics; per-tenant
+connection permits handed out first come first served, or a 503 after the pool timeout.
 
 Real SQLite tenant files and tenants provisioned on the real PostgreSQL; nothing faked but
 the clock of the idle sweep.
@@ -8,10 +9,12 @@ the clock of the idle sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
@@ -41,13 +44,18 @@ from tests.support import PG_ADMIN_URL, asyncpg_dsn
 session_of = session_scope
 
 
-def engines_with(clock: list[float] | None = None, **settings: object) -> TenantEngines:
+def engines_with(
+    clock: list[float] | None = None,
+    database: DatabaseSettings | None = None,
+    **settings: object,
+) -> TenantEngines:
     tenant_settings = TenantSettings.model_validate(
         {"engine_pool_size": 1, "engine_max_overflow": 1, **settings}
     )
+    database = database or DatabaseSettings()
     if clock is None:
-        return TenantEngines(tenant_settings, DatabaseSettings())
-    return TenantEngines(tenant_settings, DatabaseSettings(), clock=lambda: clock[0])
+        return TenantEngines(tenant_settings, database)
+    return TenantEngines(tenant_settings, database, clock=lambda: clock[0])
 
 
 @asynccontextmanager
@@ -346,3 +354,162 @@ async def test_counting_helpers_read_the_real_pools(sqlite_tenants: SqliteTenant
             assert engines.open_connections() == engines.checked_out == 1
     finally:
         await engines.close()
+
+
+# Permits: one of the tenant's connections per lease, handed out first come first served.
+
+
+async def started(coroutine: Any) -> asyncio.Task[Any]:
+    """A task for `coroutine`, run until it blocks (it is then queued where it waits)."""
+    task = asyncio.create_task(coroutine)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return task
+
+
+async def test_each_lease_holds_one_of_the_tenants_permits(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """Defaults: pools of 5 and no overflow, so 5 leases at once; the sixth waits for one of
+    them to end, even though none of them holds a connection."""
+    [acme] = sqlite_tenants("acme", register=False)
+    engines = TenantEngines(TenantSettings(), DatabaseSettings())
+    assert (engines.settings.engine_pool_size, engines.settings.engine_max_overflow) == (5, 0)
+    sixth_inside = asyncio.Event()
+
+    async def sixth() -> None:
+        async with engines.lease(acme):
+            sixth_inside.set()
+
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(5):
+                await held.enter_async_context(engines.lease(acme))
+            waiter = await started(sixth())
+            await asyncio.sleep(0.1)
+            assert not sixth_inside.is_set()
+        await asyncio.wait_for(waiter, timeout=5)
+    finally:
+        await engines.close()
+
+    assert sixth_inside.is_set()
+
+
+async def test_a_permit_counts_overflow_connections_too(sqlite_tenants: SqliteTenants) -> None:
+    [acme] = sqlite_tenants("acme", register=False)
+    database = DatabaseSettings(pool_timeout_seconds=0.1)
+    engines = engines_with(database=database, engine_pool_size=2, engine_max_overflow=1)
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(3):
+                await held.enter_async_context(engines.lease(acme))
+            with pytest.raises(TenantsBusy):
+                async with engines.lease(acme):
+                    pytest.fail("a fourth lease got a permit")
+    finally:
+        await engines.close()
+
+
+async def test_waiters_get_permits_first_come_first_served(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    [acme] = sqlite_tenants("acme", register=False)
+    engines = engines_with(engine_pool_size=1, engine_max_overflow=0)
+    served: list[int] = []
+
+    async def waiter(number: int) -> None:
+        async with tenant_session(engines, acme) as session:
+            served.append(number)
+            await session.execute(text("SELECT 1"))
+            await asyncio.sleep(0.01)
+
+    try:
+        async with engines.lease(acme):
+            waiters = [await started(waiter(number)) for number in range(6)]
+            assert served == []
+        await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+    finally:
+        await engines.close()
+
+    assert served == list(range(6))
+
+
+async def test_a_lease_returned_and_asked_again_at_once_does_not_jump_the_queue(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """The holder leaves and asks again without yielding to the loop: the permit it gave back
+    already belongs to the waiter that queued first."""
+    [acme] = sqlite_tenants("acme", register=False)
+    engines = engines_with(engine_pool_size=1, engine_max_overflow=0)
+    served: list[str] = []
+
+    async def waiter() -> None:
+        async with engines.lease(acme):
+            served.append("waiter")
+
+    try:
+        async with engines.lease(acme):
+            queued = await started(waiter())
+        async with engines.lease(acme):
+            served.append("holder again")
+        await asyncio.wait_for(queued, timeout=5)
+    finally:
+        await engines.close()
+
+    assert served == ["waiter", "holder again"]
+
+
+async def test_a_waiter_gives_up_after_pool_timeout_with_a_503(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    [acme] = sqlite_tenants("acme", register=False)
+    database = DatabaseSettings(pool_timeout_seconds=0.2)
+    engines = engines_with(database=database, engine_pool_size=1, engine_max_overflow=0)
+    loop = asyncio.get_running_loop()
+    try:
+        async with engines.lease(acme):
+            started_at = loop.time()
+            with pytest.raises(TenantsBusy) as busy:
+                async with engines.lease(acme):
+                    pytest.fail("a second lease got the only permit")
+            waited = loop.time() - started_at
+        async with tenant_session(engines, acme) as session:  # the permit is free again
+            await session.execute(text("SELECT 1"))
+        await engines.reconcile(StaticLookup())  # no lease left behind: disposed at once
+        assert engines.open_engines == 0
+    finally:
+        await engines.close()
+
+    assert 0.2 <= waited < 2
+    assert busy.value.status_code == 503
+    assert busy.value.headers == {"Retry-After": "1"}
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_without_taking_a_permit(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """A request cancelled while queued (client gone) gives up its place; the next waiter
+    gets the permit and the engine keeps no lease for it."""
+    [acme] = sqlite_tenants("acme", register=False)
+    engines = engines_with(engine_pool_size=1, engine_max_overflow=0)
+    served: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with engines.lease(acme):
+            served.append(name)
+
+    try:
+        async with engines.lease(acme):
+            cancelled = await started(waiter("cancelled"))
+            patient = await started(waiter("patient"))
+            cancelled.cancel()
+            await asyncio.sleep(0)
+        await asyncio.wait_for(patient, timeout=5)
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await engines.reconcile(StaticLookup())
+        assert engines.open_engines == 0
+    finally:
+        await engines.close()
+
+    assert served == ["patient"]

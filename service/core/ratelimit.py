@@ -26,12 +26,11 @@ from typing import Annotated, Final
 from fastapi import Depends, Request, Response
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from service.core.config import ConfigError, RateLimitSettings, env_name
 from service.core.errors import RateLimited
 from service.core.logging import get_logger
-from service.core.store import KeyValueStore, RedisStore
+from service.core.store import KeyValueStore, RedisStore, StoreUnavailable
 
 log = get_logger(__name__)
 
@@ -170,8 +169,8 @@ class RateLimiter:
         if not isinstance(store, RedisStore):
             return self.memory.hit(key, rate)
         script = self._gcra_script(store.client)
-        allowed, remaining, retry_after, reset = await script(
-            keys=[key], args=[rate.interval_ms, rate.count]
+        allowed, remaining, retry_after, reset = await store.bounded(
+            script(keys=[key], args=[rate.interval_ms, rate.count])
         )
         return Decision(bool(allowed), rate.count, int(remaining), int(retry_after), int(reset))
 
@@ -234,9 +233,9 @@ async def enforce(request: Request, response: Response, rule: str, identity: str
     store: KeyValueStore = request.app.state.resources.store
     try:
         decision = await limiter.hit(store, rule, identity)
-    except RedisError as exc:
+    except StoreUnavailable as exc:
         # Fail open: a Redis outage already fails readiness; limits must not add a 500.
-        log.warning("rate_limit_unavailable", rule=rule, error=type(exc).__name__)
+        log.warning("rate_limit_unavailable", rule=rule, error=type(exc.__cause__).__name__)
         return
     if not decision.allowed:
         log.info("rate_limited", rule=rule)

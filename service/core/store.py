@@ -6,13 +6,20 @@ because several replicas must share rate limits, revocations and cache.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Awaitable
+from http import HTTPStatus
+from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.core.config import RedisSettings
+from service.core.errors import DomainError
+
+T = TypeVar("T")
 
 
 class KeyValueStore(Protocol):
@@ -37,37 +44,60 @@ class KeyValueStore(Protocol):
     async def close(self) -> None: ...
 
 
+class StoreUnavailable(DomainError):
+    """Redis failed or did not answer in time: 503, worth a retry (never a 500)."""
+
+    status_code = HTTPStatus.SERVICE_UNAVAILABLE
+    message = "A backing service is unavailable; retry shortly"
+
+
 class RedisStore:
+    """Every call is bounded by `timeout_seconds` and fails as StoreUnavailable.
+
+    The bound is an `asyncio.timeout` around the whole call, not redis-py's socket_timeout:
+    with that set, redis-py wraps every send in `asyncio.wait_for`, which on Python 3.11
+    creates a task per command (a measurable share of a cached GET, docs/benchmarks.md).
+    """
+
     backend = "redis"
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, timeout_seconds: float = 1.0) -> None:
         self.client = client
+        self.timeout_seconds = timeout_seconds
+
+    async def bounded(self, operation: Awaitable[T]) -> T:
+        """Await a Redis operation within the store's timeout (also for scripts)."""
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                return await operation
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable() from exc
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | str | None = await self.client.get(key)
+        value: bytes | str | None = await self.bounded(self.client.get(key))
         if value is None or isinstance(value, bytes):
             return value
         return value.encode()
 
     async def get_many(self, *keys: str) -> list[bytes | None]:
-        values: list[bytes | str | None] = await self.client.mget(keys)
+        values: list[bytes | str | None] = await self.bounded(self.client.mget(keys))
         return [value.encode() if isinstance(value, str) else value for value in values]
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
-        await self.client.set(key, value, ex=max(1, ttl_seconds))
+        await self.bounded(self.client.set(key, value, ex=max(1, ttl_seconds)))
 
     async def delete(self, *keys: str) -> int:
-        return int(await self.client.delete(*keys)) if keys else 0
+        return int(await self.bounded(self.client.delete(*keys))) if keys else 0
 
     async def incr(self, key: str, ttl_seconds: int) -> int:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, max(1, ttl_seconds), nx=True)
-            count, _ = await pipe.execute()
+            count, _ = await self.bounded(pipe.execute())
         return int(count)
 
     async def ping(self) -> None:
-        await self.client.ping()
+        await self.bounded(self.client.ping())
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -130,9 +160,10 @@ class MemoryStore:
 
 def create_redis_client(settings: RedisSettings) -> Redis:
     assert settings.url is not None
+    # socket_timeout=None (redis-py 8 defaults to 5 s): RedisStore bounds each call itself.
     return Redis.from_url(
         settings.url.get_secret_value(),
-        socket_timeout=settings.socket_timeout_seconds,
+        socket_timeout=None,
         socket_connect_timeout=settings.socket_timeout_seconds,
         max_connections=settings.max_connections,
         health_check_interval=30,
@@ -142,4 +173,4 @@ def create_redis_client(settings: RedisSettings) -> Redis:
 def create_store(settings: RedisSettings) -> KeyValueStore:
     if settings.url is None:
         return MemoryStore(settings.memory_max_entries)
-    return RedisStore(create_redis_client(settings))
+    return RedisStore(create_redis_client(settings), settings.socket_timeout_seconds)

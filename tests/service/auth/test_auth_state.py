@@ -18,13 +18,13 @@ import jwt
 import orjson
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import update
+from sqlalchemy import make_url, update
 
 from service.users.auth_state import AuthState, auth_state_key
 from service.users.models import Role, User
 from tests.conftest import IdentityAppFactory
 from tests.service.auth.helpers import LOGOUT, LOGOUT_ALL, ME, USERS, Api, auth, execute
-from tests.support import KnownUser, assert_envelope
+from tests.support import KnownUser, assert_envelope, relay
 
 CachedApi = Callable[..., Awaitable[Api]]
 
@@ -282,3 +282,25 @@ async def test_an_unreadable_cached_entry_is_ignored_and_replaced(
     assert response.status_code == 200
     assert response.json()["email"] == user.email
     assert await cached_state(redis, user) == state_of(user)
+
+
+async def test_an_authenticated_request_while_redis_is_down_is_a_503_not_a_500(
+    identity_app: IdentityAppFactory, pg_database: str, redis_server: str
+) -> None:
+    target = make_url(redis_server)
+    async with relay(target.host or "127.0.0.1", target.port or 6379) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        app, client = await identity_app(pg_database, redis={"url": url})
+        api = Api(app, client, pg_database)
+        user = await api.user()
+        headers = api.headers(user)
+        assert (await client.get(ME, headers=headers)).status_code == 200
+
+        await proxy.stop()
+        down = await client.get(ME, headers=headers)
+        await proxy.start()
+        back = await client.get(ME, headers=headers)
+
+    body = assert_envelope(down, 503, "ServiceUnavailable", ME)
+    assert body["message"] == "A backing service is unavailable; retry shortly"
+    assert back.status_code == 200

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from service.core.config import RedisSettings
-from service.core.store import KeyValueStore, MemoryStore, create_store
+from service.core.store import KeyValueStore, MemoryStore, StoreUnavailable, create_store
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -96,3 +96,46 @@ async def test_get_many_answers_none_for_an_expired_key(store: KeyValueStore) ->
     await asyncio.sleep(1.1)
 
     assert await store.get_many(short, long) == [None, b"long-lived"]
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[str]:
+    """A TCP server that accepts connections and never answers: a hung Redis."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"redis://127.0.0.1:{port}/0"
+    for writer in held:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_redis_that_never_answers_fails_within_the_timeout_as_unavailable(
+    silent_server: str,
+) -> None:
+    store = create_store(RedisSettings(url=silent_server, socket_timeout_seconds=0.2))
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.get(key())
+        elapsed = loop.time() - started
+    finally:
+        await store.close()
+
+    assert 0.2 <= elapsed < 1.5
+    assert raised.value.status_code == 503
+
+
+async def test_an_unreachable_redis_is_unavailable_not_a_crash(unused_tcp_port: int) -> None:
+    store = create_store(RedisSettings(url=f"redis://127.0.0.1:{unused_tcp_port}/0"))
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get_many(key(), key())
+    finally:
+        await store.close()

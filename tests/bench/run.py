@@ -11,9 +11,10 @@ the reported figure per target is the median over rounds. Results are printed as
 written to `bench-results/latest.json`. The exit code is 0 whether or not a ratio target is
 met: this is a measurement, not a test; a missed target is printed as MISSED.
 
-Adding a target (later issues: article GET, cache hit, list page): append a `Target` to
-`TARGETS` (reuse `BERTH` as its server, or define another `Server`), and a `Ratio` to `RATIOS`
-if it has a goal. A `Server` may `prepare` data (seed rows, prime a cache) once it is ready.
+Targets c-h run on a throwaway PostgreSQL control plane and tenant (tests/bench/tenant.py),
+created at the start of the run and dropped at the end. Adding a target: append a `Target` to
+`TARGETS` and, if it has a goal, a `Ratio` to `RATIOS`; see "Adding targets" in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

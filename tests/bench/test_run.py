@@ -1,0 +1,101 @@
+"""The benchmark harness's own arithmetic: parsing wrk, ratio floors and ceilings, stall checks.
+
+The harness itself runs in CI as `make bench BENCH_ARGS=--quick`; these pin the verdicts it
+prints, which a wrong comparison would silently turn into "met".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bench import run
+from tests.bench.run import Ratio, Target, WrkResult, evaluate_ratios, evaluate_stalls, parse_wrk
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:8000/api/v1/info
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     8.91ms    2.11ms  41.27ms   90.12%
+    Req/Sec     7.20k   512.33     7.90k    75.00%
+  Latency Distribution
+     50%    8.50ms
+     75%    9.20ms
+     90%   10.10ms
+     99%    1.20s
+  14345 requests in 2.00s, 3.12MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:   7172.50
+Transfer/sec:      1.56MB
+"""
+
+
+def medians(**targets: tuple[float, float]) -> dict[str, dict[str, float]]:
+    return {
+        name: {"requests_per_second": rps, "p50_ms": 1.0, "p99_ms": p99}
+        for name, (rps, p99) in targets.items()
+    }
+
+
+def result(non_2xx: int = 0, socket_errors: int = 0) -> WrkResult:
+    return WrkResult(1000.0, 1.0, 2.0, 2000, non_2xx, socket_errors)
+
+
+def test_parse_wrk_reads_throughput_percentiles_in_ms_and_error_counts() -> None:
+    parsed = parse_wrk(WRK_OUTPUT)
+
+    assert parsed.requests_per_second == 7172.5
+    assert (parsed.p50_ms, parsed.p99_ms) == (8.5, 1200.0)
+    assert parsed.requests == 14345
+    assert (parsed.non_2xx, parsed.socket_errors) == (7, 5)
+
+
+def test_parse_wrk_refuses_output_without_figures() -> None:
+    with pytest.raises(run.BenchError):
+        parse_wrk("unable to connect to 127.0.0.1:8000 Connection refused")
+
+
+def test_a_throughput_ratio_is_a_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "RATIOS", [Ratio("c/d", "c", "d", bound=0.45)])
+
+    [low] = evaluate_ratios(medians(c=(400.0, 10.0), d=(1000.0, 10.0)))
+    [high] = evaluate_ratios(medians(c=(450.0, 10.0), d=(1000.0, 10.0)))
+
+    assert (low["value"], low["met"]) == (0.4, False)
+    assert (high["value"], high["met"]) == (0.45, True)
+
+
+def test_a_latency_ratio_is_a_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    ratio = Ratio("c/d p99", "c", "d", bound=3.0, metric="p99_ms", at_most=True)
+    monkeypatch.setattr(run, "RATIOS", [ratio])
+
+    [slow] = evaluate_ratios(medians(c=(1.0, 31.0), d=(1.0, 10.0)))
+    [fast] = evaluate_ratios(medians(c=(1.0, 30.0), d=(1.0, 10.0)))
+
+    assert (slow["value"], slow["met"]) == (3.1, False)
+    assert (fast["value"], fast["met"]) == (3.0, True)
+
+
+def test_a_ratio_with_a_target_not_run_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "RATIOS", [Ratio("c/d", "c", "d", bound=0.45)])
+
+    assert evaluate_ratios(medians(c=(1.0, 1.0))) == []
+
+
+def test_a_stall_check_fails_on_any_error_in_any_round() -> None:
+    server = run.BERTH
+    checked = Target("g", "stall", server, "/", connections=256, must_not_stall=True)
+    unchecked = Target("b", "plain", server, "/")
+    runs = {"g": [result(), result(socket_errors=1)], "b": [result(non_2xx=5)]}
+
+    [verdict] = evaluate_stalls([checked, unchecked], runs)
+
+    assert verdict["target"] == "g"
+    assert (verdict["non_2xx"], verdict["socket_errors"], verdict["met"]) == (0, 1, False)
+
+
+def test_a_clean_stall_check_is_met() -> None:
+    checked = Target("h", "stall", run.BERTH, "/", connections=256, must_not_stall=True)
+
+    [verdict] = evaluate_stalls([checked], {"h": [result(), result()]})
+
+    assert verdict["met"] is True

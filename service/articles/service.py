@@ -54,18 +54,7 @@ def etag_matches(header: str | None, etag: str) -> bool:
 
 
 def to_out(article: ArticleRecord) -> ArticleOut:
-    return ArticleOut(
-        id=article.id,
-        slug=article.slug,
-        title=article.title,
-        body=article.body,
-        status=article.status,
-        author_id=article.author_id,
-        tags=article.tags,
-        created_at=article.created_at,
-        updated_at=article.updated_at,
-        version=article.version,
-    )
+    return ArticleOut.model_validate(article, from_attributes=True)
 
 
 def render(article: Article | ArticleRecord) -> RenderedArticle:

@@ -136,14 +136,22 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def build_reference(ctx: ServerContext) -> ServerSpec:
-    command = [
-        ctx.python, "-m", "uvicorn", "tests.bench.reference_app:app",
+def uvicorn_command(ctx: ServerContext, app: str) -> list[str]:
+    """A reference app served the way `python -m service serve` serves berth."""
+    return [
+        ctx.python, "-m", "uvicorn", app,
         "--host", HOST, "--port", str(ctx.port),
         "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--workers", "1", "--log-level", "warning",
     ]  # fmt: skip
+
+
+def build_reference(ctx: ServerContext) -> ServerSpec:
+    command = uvicorn_command(ctx, "tests.bench.reference_app:app")
     return ServerSpec(command=command, env=base_env(), cwd=REPO_ROOT)
+
+
+BERTH_READY_PATH = "/api/v1/health/live"
 
 
 def _berth_spec(
@@ -171,14 +179,20 @@ def build_berth(ctx: ServerContext) -> ServerSpec:
     return _berth_spec(ctx, database, setup=[[ctx.python, "-m", "service", "migrate"]])
 
 
-def build_berth_postgres(*, cache: bool) -> Callable[[ServerContext], ServerSpec]:
-    """berth on the PostgreSQL fixture (control plane, tenant, Redis), article cache on or off."""
+def berth_postgres(name: str, *, cache: bool) -> Server:
+    """berth on the PostgreSQL fixture (control plane, tenant, Redis), article cache on or off;
+    logged in (and, first of all, seeding the articles) once ready."""
 
     def build(ctx: ServerContext) -> ServerSpec:
         env = {**ctx.require_tenant().env, "BERTH_CACHE__ENABLED": str(cache).lower()}
         return _berth_spec(ctx, env, setup=[])
 
-    return build
+    def prepare(base_url: str, ctx: ServerContext) -> Mapping[str, str]:
+        from tests.bench.tenant import prepare_server
+
+        return prepare_server(base_url, ctx.require_tenant())
+
+    return Server(name, build, BERTH_READY_PATH, prepare=prepare, needs_tenant=True)
 
 
 def build_reference_db(ctx: ServerContext) -> ServerSpec:
@@ -190,40 +204,17 @@ def build_reference_db(ctx: ServerContext) -> ServerSpec:
     # As many connections as one berth tenant engine may hold (pool + overflow).
     pool_max = tenant_engine.engine_pool_size + tenant_engine.engine_max_overflow
     env["BENCH_REFERENCE_POOL_MAX"] = str(pool_max)
-    command = [
-        ctx.python, "-m", "uvicorn", "tests.bench.reference_db_app:app",
-        "--host", HOST, "--port", str(ctx.port),
-        "--loop", "uvloop", "--http", "httptools",
-        "--no-access-log", "--workers", "1", "--log-level", "warning",
-    ]  # fmt: skip
+    command = uvicorn_command(ctx, "tests.bench.reference_db_app:app")
     return ServerSpec(command=command, env=env, cwd=REPO_ROOT)
 
 
-def prepare_berth_postgres(base_url: str, ctx: ServerContext) -> Mapping[str, str]:
-    from tests.bench.tenant import prepare_server
-
-    return prepare_server(base_url, ctx.require_tenant())
-
-
 REFERENCE = Server(name="reference", build=build_reference, ready_path="/info")
-BERTH = Server(name="berth", build=build_berth, ready_path="/api/v1/health/live")
+BERTH = Server(name="berth", build=build_berth, ready_path=BERTH_READY_PATH)
 REFERENCE_DB = Server(
     name="reference-db", build=build_reference_db, ready_path="/health", needs_tenant=True
 )
-BERTH_PG = Server(
-    name="berth-pg",
-    build=build_berth_postgres(cache=True),
-    ready_path="/api/v1/health/live",
-    prepare=prepare_berth_postgres,
-    needs_tenant=True,
-)
-BERTH_PG_NO_CACHE = Server(
-    name="berth-pg-nocache",
-    build=build_berth_postgres(cache=False),
-    ready_path="/api/v1/health/live",
-    prepare=prepare_berth_postgres,
-    needs_tenant=True,
-)
+BERTH_PG = berth_postgres("berth-pg", cache=True)
+BERTH_PG_NO_CACHE = berth_postgres("berth-pg-nocache", cache=False)
 
 ARTICLE = f"/api/v1/articles/{ARTICLE_SLUG}"
 REFERENCE_ARTICLE = f"/articles/{ARTICLE_SLUG}"

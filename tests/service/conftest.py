@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import make_url
 
 from service.core.config import Settings
 from service.core.dependencies import DbSession, RequireJson
@@ -24,6 +25,7 @@ from service.tenants.registry import write_entry
 from service.tenants.schemas import TenantEntry, TenantStatus
 from service.users.models import User
 from tests.conftest import ClientFactory
+from tests.support import TcpRelay, relay
 
 MAX_BODY_BYTES = 1024
 SECRET_IN_CRASH = "hunter2-internal-detail"
@@ -78,6 +80,15 @@ def probe_router() -> APIRouter:
         return Created(id=str(user.id))
 
     return router
+
+
+@pytest.fixture
+async def pg_relay(pg_database: str) -> AsyncIterator[tuple[TcpRelay, str]]:
+    """`(relay, url)`: the test database reached through a TcpRelay that can be cut."""
+    url = make_url(pg_database)
+    async with relay(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        relayed = url.set(host="127.0.0.1", port=proxy.port)
+        yield proxy, relayed.render_as_string(hide_password=False)
 
 
 @pytest.fixture

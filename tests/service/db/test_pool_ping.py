@@ -8,26 +8,17 @@ ping goes through; the wrapper still pings for real.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.core.config import DatabaseSettings
 from service.db.engine import create_engine
-from tests.support import TcpRelay, relay
+from tests.support import TcpRelay
 
 IDLE = 0.05
-
-
-@pytest.fixture
-async def pg_relay(pg_database: str) -> AsyncIterator[tuple[TcpRelay, str]]:
-    url = make_url(pg_database)
-    async with relay(url.host or "127.0.0.1", url.port or 5432) as proxy:
-        relayed = url.set(host="127.0.0.1", port=proxy.port)
-        yield proxy, relayed.render_as_string(hide_password=False)
 
 
 def engine_for(url: str, **database: Any) -> AsyncEngine:

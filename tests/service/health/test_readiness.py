@@ -17,14 +17,6 @@ from tests.support import TcpRelay, free_port, relay
 
 
 @pytest.fixture
-async def pg_relay(pg_database: str) -> AsyncIterator[tuple[TcpRelay, str]]:
-    url = make_url(pg_database)
-    async with relay(url.host or "127.0.0.1", url.port or 5432) as proxy:
-        relayed = url.set(host="127.0.0.1", port=proxy.port)
-        yield proxy, relayed.render_as_string(hide_password=False)
-
-
-@pytest.fixture
 async def redis_relay(redis_server: str) -> AsyncIterator[tuple[TcpRelay, str]]:
     url = make_url(redis_server)
     async with relay(url.host or "127.0.0.1", url.port or 6379) as proxy:

@@ -10,10 +10,13 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from sqlalchemy import Connection
+
+if TYPE_CHECKING:
+    from service.tenants.schemas import TenantEntry, TenantLookup
 
 T = TypeVar("T")
 
@@ -380,3 +383,30 @@ async def run_sync_on(url: str, work: Callable[[Connection], T]) -> T:
 
 # pg_constraint.contype -> the kind the tests name.
 PG_CONSTRAINT_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE", "c": "CHECK", "f": "FOREIGN KEY"}
+
+
+class StaticLookup:
+    """A TenantLookup over a dict, for rules that need no files."""
+
+    def __init__(self, *entries: TenantEntry) -> None:
+        self.entries = {entry.slug: entry for entry in entries}
+
+    def get(self, slug: str) -> TenantEntry | None:
+        return self.entries.get(slug)
+
+    def slugs(self) -> list[str]:
+        return sorted(self.entries)
+
+
+def _static_lookup_is_a_tenant_lookup(lookup: StaticLookup) -> TenantLookup:
+    return lookup  # mypy checks the protocol here
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `condition` every 10 ms; fail the test if it is not true within `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail("condition not met in time", pytrace=False)
+        await asyncio.sleep(0.01)

@@ -19,10 +19,8 @@ from service.articles.schemas import (
 )
 from service.articles.service import Actor, ArticleService, etag_matches
 from service.auth.dependencies import CurrentPrincipal, WriteRateLimit
-from service.core.config import Settings
-from service.core.dependencies import RequireJson
+from service.core.dependencies import RequireJson, get_settings, get_store
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize, cursor_key
-from service.core.store import KeyValueStore
 from service.tenants.dependencies import CurrentTenantScope
 
 router = APIRouter(prefix="/articles", tags=["articles"])
@@ -34,8 +32,8 @@ JSON = "application/json"
 
 
 async def get_article_service(request: Request, scope: CurrentTenantScope) -> ArticleService:
-    settings: Settings = request.app.state.settings
-    store: KeyValueStore = request.app.state.resources.store
+    settings = await get_settings(request)
+    store = await get_store(request)
     cache = ArticleCache(
         store, scope.tenant.slug, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled
     )

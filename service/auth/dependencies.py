@@ -28,10 +28,9 @@ from service.auth.service import (
     decode_access_token,
 )
 from service.auth.tokens import AccessClaims
-from service.core.dependencies import DbSession
+from service.core.dependencies import DbSession, get_resources, get_store
 from service.core.errors import Forbidden, Unauthorized
 from service.core.ratelimit import enforce
-from service.core.resources import Resources
 from service.core.store import KeyValueStore
 from service.db.engine import session_scope
 from service.tenants.schemas import TenantLookup
@@ -60,8 +59,8 @@ TenantsDep = Annotated[TenantLookup | None, Depends(get_tenants)]
 
 
 async def get_auth_service(request: Request, session: DbSession) -> AuthService:
-    context: AuthContext = request.app.state.auth
-    store: KeyValueStore = request.app.state.resources.store
+    context = await get_auth_context(request)
+    store = await get_store(request)
     users = UserRepository(session, auth_state_cache(context, store))
     tenants = await get_tenants(request)
     return AuthService(context, users, RefreshTokenRepository(session), store, tenants)
@@ -79,7 +78,7 @@ async def current_claims(
 ) -> AccessClaims:
     if not token:
         raise Unauthorized("Authentication required", headers=BEARER)
-    context: AuthContext = request.app.state.auth
+    context = await get_auth_context(request)
     return decode_access_token(context.codec, token)
 
 
@@ -97,13 +96,13 @@ async def current_principal(
     short read-only session to fetch it.
     """
     claims = await current_claims(request, token)
-    resources: Resources = request.app.state.resources
+    resources = await get_resources(request)
 
     async def read_state(user_id: uuid.UUID) -> AuthState | None:
         async with session_scope(resources.sessions.read) as session:
             return await UserRepository(session).auth_state(user_id)
 
-    states = auth_state_cache(request.app.state.auth, resources.store)
+    states = auth_state_cache(await get_auth_context(request), resources.store)
     return await authenticate(claims, states, read_state)
 
 

@@ -146,7 +146,6 @@ class AuthService:
         self.users = users
         self.refresh_tokens = refresh_tokens
         self.store = store
-        self.auth_states = users.auth_states or AuthStateCache(store, ttl_seconds=0)
 
     async def login(self, email: str, password: str) -> TokenPair:
         user = await self.users.get_by_email(email)
@@ -229,12 +228,6 @@ class AuthService:
         revoked = await self.refresh_tokens.revoke_for_user(principal.user_id, datetime.now(UTC))
         log.info("logout_all", user_id=str(principal.user_id), sessions_revoked=revoked)
         return LogoutOutcome(access_token_revoked=True, refresh_tokens_revoked=revoked)
-
-    def decode(self, token: str) -> AccessClaims:
-        return decode_access_token(self.context.codec, token)
-
-    async def authenticate(self, claims: AccessClaims) -> Principal:
-        return await authenticate(claims, self.auth_states, self.users.auth_state)
 
     async def me(self, principal: Principal) -> User:
         user = await self.users.get(principal.user_id)

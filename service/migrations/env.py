@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
+from service.db.migrate import run_locked_migrations
 from service.db.models import Base
 
 config = context.config
@@ -18,18 +19,7 @@ target_metadata = Base.metadata
 
 
 def run_with_connection(connection: Connection) -> None:
-    context.configure(
-        connection=connection,
-        target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
-    )
-    with context.begin_transaction():
-        lock_key = config.attributes.get("advisory_lock_key")
-        if connection.dialect.name == "postgresql" and lock_key is not None:
-            # Held until this transaction commits: concurrent runs wait here, then see head.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
-        context.run_migrations()
+    run_locked_migrations(connection, target_metadata)
 
 
 async def _run_standalone() -> None:

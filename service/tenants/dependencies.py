@@ -18,9 +18,9 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.dependencies import current_principal
+from service.core.dependencies import get_resources
 from service.core.logging import TENANT
 from service.db.engine import session_scope
-from service.tenants.engines import TenantEngines
 from service.tenants.schemas import TenantEntry, TenantLookup
 from service.tenants.service import TENANT_HEADER, TenantClaim, resolve_tenant
 
@@ -76,7 +76,7 @@ def tenant_scope_for(
         requested: TenantHeader = None,
     ) -> AsyncIterator[TenantScope]:
         tenant = _request_tenant(request, claim, requested)
-        engines: TenantEngines = request.app.state.resources.tenant_engines
+        engines = (await get_resources(request)).tenant_engines
         async with (
             engines.lease(tenant) as sessions,
             session_scope(sessions.for_method(request.method)) as session,

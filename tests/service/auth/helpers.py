@@ -121,19 +121,5 @@ def forge(header: dict[str, Any], claims: dict[str, Any], signature_key: bytes |
     return f"{signing_input}.{_b64(mac)}"
 
 
-class DictTenants:
-    """Stands in for the directory tenant registry (service.tenants): the TenantLookup
-    protocol over a dict of real TenantEntry objects."""
-
-    def __init__(self, *entries: TenantEntry) -> None:
-        self.entries = {entry.slug: entry for entry in entries}
-
-    def get(self, slug: str) -> TenantEntry | None:
-        return self.entries.get(slug)
-
-    def slugs(self) -> list[str]:
-        return sorted(self.entries)
-
-
 def entry(slug: str, **fields: Any) -> TenantEntry:
     return TenantEntry(slug=slug, database_url=f"sqlite+aiosqlite:///{slug}.db", **fields)

@@ -27,13 +27,12 @@ from tests.service.auth.helpers import (
     REGISTER,
     TOKEN,
     Api,
-    DictTenants,
     auth,
     entry,
     execute,
     query,
 )
-from tests.support import assert_envelope
+from tests.support import StaticLookup, assert_envelope
 
 
 async def refresh_rows(api: Api, user_id: Any) -> list[Any]:
@@ -260,11 +259,11 @@ async def test_logout_all_ends_every_session_of_the_user(api: Api) -> None:
 
 
 async def test_users_of_a_suspended_tenant_get_no_new_tokens(api: Api) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
-    api.app.state.tenants = DictTenants(entry("acme"))
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
+    api.app.state.tenants = StaticLookup(entry("acme"))
     user = await api.user(tenant_slug="acme")
     tokens = await api.login(user)
-    api.app.state.tenants = DictTenants(entry("acme", status=TenantStatus.SUSPENDED))
+    api.app.state.tenants = StaticLookup(entry("acme", status=TenantStatus.SUSPENDED))
 
     login = await api.client.post(LOGIN, json={"email": user.email, "password": user.password})
     refreshed = await api.refresh(tokens["refresh_token"])
@@ -275,11 +274,11 @@ async def test_users_of_a_suspended_tenant_get_no_new_tokens(api: Api) -> None:
 
 
 async def test_a_resumed_tenant_lets_its_users_log_in_again(api: Api) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
-    api.app.state.tenants = DictTenants(entry("acme", status=TenantStatus.SUSPENDED))
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
+    api.app.state.tenants = StaticLookup(entry("acme", status=TenantStatus.SUSPENDED))
     user = await api.user(tenant_slug="acme")
     refused = await api.client.post(LOGIN, json={"email": user.email, "password": user.password})
-    api.app.state.tenants = DictTenants(entry("acme"))
+    api.app.state.tenants = StaticLookup(entry("acme"))
 
     assert refused.status_code == 403
     await api.login(user)
@@ -287,7 +286,7 @@ async def test_a_resumed_tenant_lets_its_users_log_in_again(api: Api) -> None:
 
 async def test_a_suspended_tenant_answers_only_after_the_password_is_checked(api: Api) -> None:
     """A wrong password is the usual 401: the tenant's state is told only to its users."""
-    api.app.state.tenants = DictTenants(entry("acme", status=TenantStatus.SUSPENDED))
+    api.app.state.tenants = StaticLookup(entry("acme", status=TenantStatus.SUSPENDED))
     user = await api.user(tenant_slug="acme")
 
     response = await api.client.post(
@@ -300,7 +299,7 @@ async def test_a_suspended_tenant_answers_only_after_the_password_is_checked(api
 # Register ---------------------------------------------------------------------------------
 
 
-REGISTRY = DictTenants(
+REGISTRY = StaticLookup(
     entry("open-co", self_signup=True),
     entry("closed-co", self_signup=False),
     entry("new-co", self_signup=True, status=TenantStatus.PROVISIONING),
@@ -313,7 +312,7 @@ def signup(tenant: str, email: str = "New.Person@Example.com") -> dict[str, str]
 
 
 async def test_register_creates_a_member_of_an_open_tenant_who_can_log_in(api: Api) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     api.app.state.tenants = REGISTRY
 
     response = await api.client.post(REGISTER, json=signup("open-co"))
@@ -332,7 +331,7 @@ async def test_register_creates_a_member_of_an_open_tenant_who_can_log_in(api: A
 async def test_register_answers_one_404_for_closed_unready_and_unknown_tenants(
     api: Api, tenant: str
 ) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     api.app.state.tenants = REGISTRY
 
     response = await api.client.post(REGISTER, json=signup(tenant))
@@ -351,7 +350,7 @@ async def test_register_without_a_tenant_registry_is_unavailable(api: Api) -> No
 
 
 async def test_register_refuses_a_taken_email_and_a_weak_password(api: Api) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     api.app.state.tenants = REGISTRY
     existing = await api.user(tenant_slug="acme")
 

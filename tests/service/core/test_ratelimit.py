@@ -33,8 +33,8 @@ from service.core.ratelimit import (
 )
 from service.main import create_app
 from tests.conftest import IdentityAppFactory
-from tests.service.auth.helpers import LOGIN, REFRESH, REGISTER, USERS, DictTenants, entry
-from tests.support import KnownUser, TcpRelay, assert_envelope, bearer, create_user
+from tests.service.auth.helpers import LOGIN, REFRESH, REGISTER, USERS, entry
+from tests.support import KnownUser, StaticLookup, TcpRelay, assert_envelope, bearer, create_user
 
 GENEROUS = "1000/minute"
 ALL_GENEROUS = {
@@ -232,11 +232,11 @@ async def test_the_limit_recovers_after_its_interval(
 async def test_register_and_refresh_are_limited_per_ip(
     identity_app: IdentityAppFactory, pg_database: str, backend: dict[str, Any], peers: Peers
 ) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     app = await limited_app(
         identity_app, pg_database, backend, register_per_ip="2/hour", refresh_per_ip="2/minute"
     )
-    app.state.tenants = DictTenants(entry("open-co", self_signup=True))
+    app.state.tenants = StaticLookup(entry("open-co", self_signup=True))
     client = peers(app, random_ip())
 
     def signup() -> dict[str, str]:
@@ -259,9 +259,9 @@ async def test_register_and_refresh_are_limited_per_ip(
 async def test_writes_are_limited_per_principal(
     identity_app: IdentityAppFactory, pg_database: str, backend: dict[str, Any], peers: Peers
 ) -> None:
-    """The tenant registry is DictTenants, a stand-in for the directory registry."""
+    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     app = await limited_app(identity_app, pg_database, backend, writes_per_principal="2/minute")
-    app.state.tenants = DictTenants(entry("acme"))
+    app.state.tenants = StaticLookup(entry("acme"))
     client = peers(app, random_ip())
     owner, other_owner = await create_user(app, role="owner"), await create_user(app, role="owner")
 

@@ -10,7 +10,6 @@ import pytest
 
 from service.core.config import ObservabilitySettings
 from service.core.logging import configure_logging
-from service.tenants.schemas import TenantEntry, TenantLookup
 from tests.service.conftest import (
     ProvisionFactory,
     SqliteTenants,
@@ -19,23 +18,6 @@ from tests.service.conftest import (
 )
 
 __all__ = ["ProvisionFactory", "SqliteTenants", "sqlite_entry", "unique_slug"]
-
-
-class StaticLookup:
-    """A TenantLookup over a dict, for rules that need no files."""
-
-    def __init__(self, *entries: TenantEntry) -> None:
-        self.entries = {entry.slug: entry for entry in entries}
-
-    def get(self, slug: str) -> TenantEntry | None:
-        return self.entries.get(slug)
-
-    def slugs(self) -> list[str]:
-        return sorted(self.entries)
-
-
-def _static_lookup_is_a_tenant_lookup(lookup: StaticLookup) -> TenantLookup:
-    return lookup  # mypy checks the protocol here
 
 
 @pytest.fixture

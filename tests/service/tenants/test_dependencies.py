@@ -34,7 +34,7 @@ from service.tenants.registry import remove_entry, write_entry
 from service.tenants.schemas import TenantEntry, TenantStatus
 from tests.conftest import ClientFactory
 from tests.service.tenants.conftest import SqliteTenants
-from tests.support import assert_envelope, json_lines
+from tests.support import assert_envelope, json_lines, wait_for
 
 
 @dataclass(frozen=True)
@@ -264,15 +264,6 @@ async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, 
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail("condition not met in time", pytrace=False)
-        await asyncio.sleep(0.01)
 
 
 async def wait_for_status(

@@ -34,12 +34,8 @@ from service.tenants.metrics import (
     TenantMetrics,
 )
 from service.tenants.schemas import TenantEntry
-from tests.service.tenants.conftest import (
-    ProvisionFactory,
-    SqliteTenants,
-    StaticLookup,
-)
-from tests.support import PG_ADMIN_URL, asyncpg_dsn
+from tests.service.tenants.conftest import ProvisionFactory, SqliteTenants
+from tests.support import PG_ADMIN_URL, StaticLookup, asyncpg_dsn
 
 session_of = session_scope
 

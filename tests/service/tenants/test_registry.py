@@ -3,11 +3,9 @@ for a mounted Secret (`..<timestamp>/` dirs, `..data` swapped atomically, per-ke
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from service.tenants.registry import (
 )
 from service.tenants.schemas import TenantEntry, TenantStatus
 from tests.service.tenants.conftest import sqlite_entry
-from tests.support import json_lines
+from tests.support import json_lines, wait_for
 
 SECRET_PASSWORD = "s3cret-pw-never-logged"
 
@@ -284,12 +282,3 @@ def test_read_entries_gives_entries_and_problems(registry_dir: Path, tmp_path: P
 
     assert [entry.slug for entry in entries] == ["acme"]
     assert list(problems) == ["broken.json"]
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail("condition not met in time", pytrace=False)
-        await asyncio.sleep(0.01)

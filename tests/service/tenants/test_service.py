@@ -15,7 +15,8 @@ from service.tenants.service import (
     UnknownTenant,
     resolve_tenant,
 )
-from tests.service.tenants.conftest import StaticLookup, sqlite_entry
+from tests.service.tenants.conftest import sqlite_entry
+from tests.support import StaticLookup
 
 LOOKUP = StaticLookup(
     sqlite_entry(Path("/x/acme.db"), "acme"),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import IdentityAppFactory
-from tests.service.auth.helpers import Api, DictTenants, entry
+from tests.service.auth.helpers import Api, entry
+from tests.support import StaticLookup
 
 
 @pytest.fixture
 async def api(identity_app: IdentityAppFactory, pg_database: str) -> Api:
     """berth on real PostgreSQL, fast Argon2, rate limits off. Its tenant registry is
-    DictTenants (tenants "acme" and "globex"), a stand-in for the directory registry."""
+    StaticLookup (tenants "acme" and "globex"), a stand-in for the directory registry."""
     app, client = await identity_app(pg_database)
-    app.state.tenants = DictTenants(entry("acme"), entry("globex"))
+    app.state.tenants = StaticLookup(entry("acme"), entry("globex"))
     return Api(app, client, pg_database)

@@ -1,10 +1,14 @@
-"""`python -m service serve | migrate | check-config | openapi`."""
+"""`python -m service serve | migrate | check-config | openapi`, and the features' commands.
+
+The root of the command line, as `service/main.py` is the root of the app: it registers the
+features' subcommands (`users`, `tenants`, `seed-demo`) and hands each what it needs. Heavy
+imports stay inside the handlers, so that `check-config` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -17,43 +21,31 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import demo
+from service.core.commands import EXIT_INVALID, command_settings, fail
 from service.core.config import (
     ConfigError,
     Environment,
     HttpSettings,
     Settings,
-    ensure_safe,
-    env_name,
+    describe_validation_error,
+    effective_settings,
+    load_settings,
+    safe_url,
 )
+from service.core.tenancy import TenantDirectory
+from service.identity import cli as identity_cli
+from service.tenants import cli as tenants_cli
 
 APP_FACTORY = "service.main:create_app"
-# Features that add subcommands: each module has `register(subparsers)` and keeps its heavy
-# imports inside its handlers, so `check-config` stays fast.
-FEATURE_COMMANDS: tuple[str, ...] = ("service.users.cli", "service.tenants.cli")
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_INVALID
 
 
-def _fail(message: str) -> int:
-    print(f"berth: {message}", file=sys.stderr)
-    return EXIT_CONFIG
+def read_tenant_registry(settings: Settings) -> TenantDirectory:
+    """The tenant registry as it is now (what `users create-admin --tenant` checks)."""
+    from service.tenants.registry import TenantRegistry
 
-
-def _describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        path = [str(p) for p in error["loc"]]
-        parts.append(f"{env_name(*path)}: {error['msg']}")
-    return "; ".join(parts)
-
-
-def load_settings() -> Settings:
-    """Settings from the environment and `.env`, as a one-line ConfigError when invalid."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc)) from None
-    ensure_safe(settings)
-    return settings
+    return TenantRegistry.read(settings.tenants.registry_dir)
 
 
 def _prepare_multiprocess_metrics() -> None:
@@ -126,15 +118,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     if args.tenant or args.all_tenants:  # tenant databases have their own history
-        from service.tenants.cli import cmd_migrate_tenants
-
-        return cmd_migrate_tenants(args)
-    from service.core.logging import configure_logging, get_logger
+        return tenants_cli.cmd_migrate_tenants(args)
+    from service.core.logging import get_logger
     from service.db import migrate
-    from service.db.engine import safe_url
 
-    settings = load_settings()
-    configure_logging(settings.observability)
+    settings = command_settings()
     log = get_logger("berth.migrate")
     url = settings.database.url.get_secret_value()
     if args.downgrade:
@@ -147,10 +135,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exit 0 when the settings are valid and safe. `--show` prints them as one JSON
+    document on stdout (nothing else there, so it pipes into jq), the verdict on stderr."""
     settings = load_settings()
     if args.show:
-        print(settings.model_dump_json(indent=2))
-    print(f"configuration ok (environment={settings.environment.value})")
+        print(json.dumps(effective_settings(settings), indent=2))
+    verdict = f"configuration ok (environment={settings.environment.value})"
+    print(verdict, file=sys.stderr if args.show else sys.stdout)
     return 0
 
 
@@ -188,15 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=cmd_migrate)
 
     check = commands.add_parser("check-config", help="validate settings; exit 2 if unsafe")
-    check.add_argument("--show", action="store_true", help="print settings, secrets masked")
+    check.add_argument(
+        "--show", action="store_true", help="print the effective settings as JSON, secrets masked"
+    )
     check.set_defaults(handler=cmd_check_config)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--output", "-o")
     openapi.set_defaults(handler=cmd_openapi)
 
-    for module_name in FEATURE_COMMANDS:
-        importlib.import_module(module_name).register(commands)
+    identity_cli.register(commands, tenants_of=read_tenant_registry)
+    tenants_cli.register(commands)
+    demo.register(commands)
     return parser
 
 
@@ -206,6 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc), EXIT_CONFIG)
     except ValidationError as exc:  # settings built outside `load_settings` (openapi)
-        return _fail(_describe_validation_error(exc))
+        return fail(describe_validation_error(exc), EXIT_CONFIG)

@@ -1,21 +1,27 @@
-"""The application factory: `uvicorn service.main:create_app --factory`."""
+"""The composition root: `uvicorn service.main:create_app --factory`.
+
+`create_app` builds the app's container once (`service/container.py`), puts its parts in
+their slots, adds the routers and middleware, and starts and closes the container in the
+lifespan. No other module wires features together.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from service.articles.router import router as articles_router
-from service.auth.router import router as auth_router
-from service.auth.service import build_auth_context
+from service.container import Container, build_container, install
 from service.core.config import Settings, ensure_safe
-from service.core.errors import ERROR_RESPONSES, install_error_handlers
+from service.core.docs import install_docs
+from service.core.error_handlers import install_error_handlers
+from service.core.errors import ERROR_RESPONSES
 from service.core.logging import access_log, configure_logging, get_logger
 from service.core.metrics import (
     InstrumentatorMiddleware,
@@ -30,17 +36,16 @@ from service.core.middleware import (
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
 )
-from service.core.ratelimit import RateLimiter
-from service.core.resources import close_resources, open_resources
 from service.core.tracing import instrument_app, instrument_clients, tracing_enabled
 from service.health.router import router as health_router
-from service.health.service import build_probe
+from service.identity.auth_router import router as auth_router
+from service.identity.users_router import router as users_router
 from service.info.router import build_router as build_info_router
-from service.tenants.metrics import track_tenancy
-from service.users.router import router as users_router
 
 API_PREFIX = "/api/v1"
 METRICS_PATH = "/metrics"
+DOCS_PATH = "/docs"
+OPENAPI_PATH = "/openapi.json"
 LIVE_PATH = f"{API_PREFIX}/health/live"
 READY_PATH = f"{API_PREFIX}/health/ready"
 # Probes and scrapes would drown the access log and skew the latency histograms.
@@ -61,17 +66,17 @@ OPENAPI_TAGS = [
 log = get_logger(__name__)
 
 
-def _lifespan(settings: Settings, metrics: Metrics, tracer_provider: object | None):  # type: ignore[no-untyped-def]
+def _lifespan(
+    container: Container, tracer_provider: object | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resources = await open_resources(settings)
-        metrics.track_pool(resources.engine, "control")
+        settings = container.settings
+        await container.start()
         if tracer_provider is not None:
-            resources.on_close.append(instrument_clients(tracer_provider, resources.engine))
-        app.state.resources = resources
-        app.state.tenants = resources.tenants  # the TenantLookup other features read
-        track_tenancy(metrics.registry, resources.tenants, resources.tenant_engines)
-        app.state.readiness = build_probe(resources)
+            container.on_close.append(
+                instrument_clients(tracer_provider, container.control_plane.engine)
+            )
         # Start-up objects live as long as the process: take them out of the collector's
         # reach so full collections stop pausing the event loop (docs/benchmarks.md).
         gc.collect()
@@ -80,7 +85,7 @@ def _lifespan(settings: Settings, metrics: Metrics, tracer_provider: object | No
             "startup_complete",
             environment=settings.environment.value,
             version=settings.version,
-            store=resources.store.backend,
+            store=container.core.store.backend,
         )
         log_flusher = asyncio.create_task(access_log.flush_periodically())
         try:
@@ -88,7 +93,7 @@ def _lifespan(settings: Settings, metrics: Metrics, tracer_provider: object | No
         finally:
             log_flusher.cancel()
             await asyncio.gather(log_flusher, return_exceptions=True)
-            await close_resources(resources)
+            await container.close()
             mark_process_dead()
             log.info("shutdown_complete")
 
@@ -121,13 +126,14 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.add_middleware(RequestContextMiddleware)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; reads the environment only when `settings` is not given."""
-    settings = settings or Settings()
+def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
+    """Build the app; reads the environment only when neither `settings` nor a prebuilt
+    `container` (tests: `build_container(settings, hasher=...)`) is given."""
+    settings = container.settings if container is not None else settings or Settings()
     ensure_safe(settings)
     configure_logging(settings.observability, with_trace=tracing_enabled(settings))
-    metrics = Metrics(version=settings.version, commit=settings.commit)
-    docs = settings.docs_enabled
+    container = container or build_container(settings)
+    metrics = container.core.metrics
     app = FastAPI(
         # FastAPI's native telemetry looks up the global OTel providers on every request;
         # tracing is ours (service/core/tracing.py), on only when an endpoint is configured.
@@ -136,15 +142,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=settings.version,
         description=DESCRIPTION,
         openapi_tags=OPENAPI_TAGS,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        # Served by `install_docs` from files in the image, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_PATH if settings.docs_enabled else None,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    # Built here, not in the lifespan: bad keys or limits refuse the start (ConfigError).
-    app.state.auth = build_auth_context(settings.auth)
-    app.state.rate_limiter = RateLimiter(settings.rate_limits, settings.redis.memory_max_entries)
+    install(app, container)
     # Each feature router is included directly under the prefix: in this FastAPI a router
     # nested in another costs measurable time per request (docs/benchmarks.md). Matching
     # tries routes in order, so the busiest come first (no two routers share a path).
@@ -152,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                users_router)  # fmt: skip
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    if settings.docs_enabled:
+        install_docs(app, DOCS_PATH)
     if settings.observability.metrics_enabled:
         install_metrics_route(app, metrics, METRICS_PATH)
     install_error_handlers(app)
@@ -159,5 +164,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tracer_provider = (
         instrument_app(app, settings, list(UNOBSERVED_PATHS)) if tracing_enabled(settings) else None
     )
-    app.router.lifespan_context = _lifespan(settings, metrics, tracer_provider)
+    app.router.lifespan_context = _lifespan(container, tracer_provider)
     return app

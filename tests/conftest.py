@@ -9,14 +9,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import argon2
 import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import make_url
 
+from service.container import build_container
 from service.core.config import Settings
 from service.db import migrate
 from service.main import create_app
@@ -27,6 +29,7 @@ from tests.support import (
     Spawned,
     create_user,
     identity_groups,
+    own_redis_database,
     process_env,
     unavailable,
 )
@@ -99,17 +102,14 @@ async def empty_pg_database(pg_server: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def redis_server() -> str:
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+def redis_server() -> Iterator[str]:
+    """The URL of a Redis database of this run's own (`own_redis_database`), flushed before
+    and after the run; fails under CI when Redis is not there."""
     try:
-        await client.ping()
-    except OSError as exc:
+        with own_redis_database(REDIS_URL) as url:
+            yield url
+    except RedisError as exc:  # raised before the yield: Redis is not there
         unavailable("Redis at BERTH_TEST_REDIS_URL", exc)
-    except Exception as exc:  # redis-py wraps socket errors in its own ConnectionError
-        unavailable("Redis at BERTH_TEST_REDIS_URL", exc)
-    finally:
-        await client.aclose()
-    return REDIS_URL
 
 
 @pytest.fixture
@@ -118,14 +118,19 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_settings(sqlite_url: str) -> Callable[..., Settings]:
-    """Settings from keyword groups, never from the developer's environment or .env."""
+def make_settings(sqlite_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings from keyword groups, never from the developer's environment or .env; the
+    tenant registry and tenant databases live in the test's tmp dir."""
 
     def factory(**groups: Any) -> Settings:
         values: dict[str, Any] = {
             "environment": "test",
             "startup_retries": 1,
             "database": {"url": sqlite_url},
+            "tenants": {
+                "registry_dir": str(tmp_path / "registry"),
+                "sqlite_dir": str(tmp_path / "tenant-dbs"),
+            },
             "observability": {"log_format": "json", "readiness_cache_seconds": 0},
         }
         for key, value in groups.items():
@@ -220,10 +225,14 @@ def identity_app(
     make_settings: Callable[..., Settings], client_for: ClientFactory
 ) -> IdentityAppFactory:
     """`app, client = await identity_app(pg_database, **groups)`: started, fast Argon2,
-    rate limits off unless `rate_limits` is given (see tests.support.identity_groups)."""
+    rate limits off unless `rate_limits` is given (see tests.support.identity_groups);
+    `hasher=` replaces the Argon2 hasher the settings describe."""
 
-    async def factory(database_url: str, **groups: Any) -> tuple[FastAPI, httpx.AsyncClient]:
-        app = create_app(make_settings(**identity_groups(database_url, **groups)))
+    async def factory(
+        database_url: str, *, hasher: argon2.PasswordHasher | None = None, **groups: Any
+    ) -> tuple[FastAPI, httpx.AsyncClient]:
+        settings = make_settings(**identity_groups(database_url, **groups))
+        app = create_app(container=build_container(settings, hasher=hasher))
         return app, await client_for(app)
 
     return factory

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Connection
 
 if TYPE_CHECKING:
-    from service.tenants.schemas import TenantEntry, TenantLookup
+    from service.tenants.schemas import TenantEntry
 
 T = TypeVar("T")
 
@@ -33,6 +33,58 @@ def unavailable(what: str, why: object) -> None:
     if IS_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(f"SKIPPED LOUDLY: {message}")
+
+
+# Each run takes a Redis database of its own (1..15), claimed by a key with a TTL in database 0
+# of the base URL, flushed before and after: runs never see each other's keys, and none are
+# left behind (db 0 holds only the claim, while the run lasts).
+REDIS_CLAIM_PREFIX = "berth-test:redis-db:"
+REDIS_CLAIM_SECONDS = 3 * 3600
+
+
+def redis_url_with(url: str, *, port: int | None = None, database: int | None = None) -> str:
+    """`url` with another port (a relay on 127.0.0.1) and/or database number."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = (
+        parts.netloc
+        if port is None
+        else f"{credentials}{'@' if credentials else ''}127.0.0.1:{port}"
+    )
+    path = parts.path if database is None else f"/{database}"
+    return urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def own_redis_database(base_url: str) -> Iterator[str]:
+    """The URL of a Redis database claimed for this run, flushed before and after, and
+    released at the end (the test suite and the benchmark both run in one)."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_url_with(base_url, database=0), socket_connect_timeout=2)
+    try:
+        number = _claim_database(admin, uuid.uuid4().hex)
+        url = redis_url_with(base_url, database=number)
+        own = redis.Redis.from_url(url)
+        own.flushdb()
+        try:
+            yield url
+        finally:
+            own.flushdb()
+            own.close()
+            admin.delete(f"{REDIS_CLAIM_PREFIX}{number}")
+    finally:
+        admin.close()
+
+
+def _claim_database(admin: Any, run_id: str) -> int:
+    databases = int(admin.config_get("databases")["databases"])
+    for number in range(1, databases):
+        if admin.set(f"{REDIS_CLAIM_PREFIX}{number}", run_id, nx=True, ex=REDIS_CLAIM_SECONDS):
+            return number
+    raise RuntimeError(f"every Redis database 1..{databases - 1} is claimed by another run")
 
 
 def free_port() -> int:
@@ -124,6 +176,7 @@ def assert_envelope(response: Any, status: int, name: str, path: str) -> dict[st
     assert body["name"] == name
     assert body["path"] == path
     assert body["correlationId"] == response.headers["x-request-id"]
+    assert body["timestamp"].endswith("Z"), body["timestamp"]  # berth's one timestamp format
     offset = datetime.fromisoformat(body["timestamp"]).utcoffset()
     assert offset is not None
     assert offset.total_seconds() == 0
@@ -346,23 +399,26 @@ async def create_user(
 
     Tenant roles default to tenant "acme"; the hash uses the app's Argon2 parameters.
     """
-    from service.users.models import Role
-    from service.users.repository import UserRepository
-    from service.users.service import NewUser, provision_user
+    from service.container import container_of
+    from service.identity.principal import Role
+    from service.identity.users_service import NewUser, provision_user
 
     if role != Role.PLATFORM_ADMIN and tenant_slug is None:
         tenant_slug = "acme"
     email = email or f"{role.replace('_', '-')}-{uuid.uuid4().hex[:10]}@example.com"
     new = NewUser(email=email, password=password, role=Role(role), tenant_slug=tenant_slug)
-    async with app.state.resources.sessions.write.begin() as session:
-        user = await provision_user(UserRepository(session), app.state.auth.passwords, new)
+    container = container_of(app)
+    async with container.control_plane.sessions.write.begin() as session:
+        user = await provision_user(session, container.identity.passwords, new)
         user.is_active = is_active
     return KnownUser(user.id, email, password, role, tenant_slug)
 
 
 def bearer(app: Any, user: KnownUser, *, token_version: int = 0) -> dict[str, str]:
     """An Authorization header for `user`, minted by the app's own codec (no login call)."""
-    token = app.state.auth.codec.issue(
+    from service.container import container_of
+
+    token = container_of(app).identity.tokens.issue(
         user_id=user.id, tenant_slug=user.tenant_slug, role=user.role, token_version=token_version
     )
     return {"Authorization": f"Bearer {token.token}"}
@@ -385,21 +441,26 @@ async def run_sync_on(url: str, work: Callable[[Connection], T]) -> T:
 PG_CONSTRAINT_KINDS = {"p": "PRIMARY KEY", "u": "UNIQUE", "c": "CHECK", "f": "FOREIGN KEY"}
 
 
-class StaticLookup:
-    """A TenantLookup over a dict, for rules that need no files."""
+def set_tenants(app: Any, *entries: TenantEntry) -> None:
+    """Make `entries` the whole tenant registry of a started app: its registry directory
+    rewritten, and read again at once (rather than at the watcher's next poll)."""
+    from service.container import container_of
+    from service.tenants.registry import write_entry
 
-    def __init__(self, *entries: TenantEntry) -> None:
-        self.entries = {entry.slug: entry for entry in entries}
+    registry = container_of(app).tenancy.registry
+    registry.directory.mkdir(parents=True, exist_ok=True)
+    for stale in registry.directory.glob("*.json"):
+        stale.unlink()
+    for entry in entries:
+        write_entry(registry.directory, entry)
+    registry.refresh()
 
-    def get(self, slug: str) -> TenantEntry | None:
-        return self.entries.get(slug)
 
-    def slugs(self) -> list[str]:
-        return sorted(self.entries)
+def tenant_entry(slug: str, **fields: Any) -> TenantEntry:
+    """A registry entry for rules that never open the tenant's database."""
+    from service.tenants.schemas import TenantEntry
 
-
-def _static_lookup_is_a_tenant_lookup(lookup: StaticLookup) -> TenantLookup:
-    return lookup  # mypy checks the protocol here
+    return TenantEntry(slug=slug, database_url=f"sqlite+aiosqlite:///{slug}.db", **fields)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -16,29 +16,33 @@ class RenderedArticle:
     body: bytes
 
 
-class ArticleCache:
-    """Keys carry the tenant, so tenants never share entries even on one Redis."""
+def _key(tenant_slug: str, slug: str) -> str:
+    # The tenant is part of every key, so tenants never share entries even on one Redis.
+    return f"berth:t:{tenant_slug}:article:{slug}"
 
-    def __init__(self, store: KeyValueStore, tenant_slug: str, ttl_seconds: int, *, enabled: bool):
+
+class ArticleCache:
+    """One per app; `enabled=False` makes every read a miss and every write a no-op."""
+
+    def __init__(self, store: KeyValueStore, ttl_seconds: int, *, enabled: bool) -> None:
         self.store = store
-        self.prefix = f"berth:t:{tenant_slug}:article:"
         self.ttl_seconds = ttl_seconds
         self.enabled = enabled
 
-    async def get(self, slug: str) -> RenderedArticle | None:
+    async def get(self, tenant_slug: str, slug: str) -> RenderedArticle | None:
         if not self.enabled:
             return None
-        cached = await self.store.get(self.prefix + slug)
+        cached = await self.store.get(_key(tenant_slug, slug))
         if cached is None:
             return None
         etag, _, body = cached.partition(b"\n")
         return RenderedArticle(slug=slug, etag=etag.decode(), body=body)
 
-    async def put(self, slug: str, article: RenderedArticle) -> None:
+    async def put(self, tenant_slug: str, article: RenderedArticle) -> None:
         if self.enabled:
             value = article.etag.encode() + b"\n" + article.body
-            await self.store.set(self.prefix + slug, value, self.ttl_seconds)
+            await self.store.set(_key(tenant_slug, article.slug), value, self.ttl_seconds)
 
-    async def forget(self, *slugs: str) -> None:
+    async def forget(self, tenant_slug: str, *slugs: str) -> None:
         if self.enabled and slugs:
-            await self.store.delete(*(self.prefix + slug for slug in slugs))
+            await self.store.delete(*(_key(tenant_slug, slug) for slug in slugs))

@@ -7,7 +7,7 @@ no foreign key and deleting a user does not touch their articles.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
@@ -24,11 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.tenants.db import TenantBase
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+from service.core.clock import utc_now
+from service.db.base import TenantBase
 
 
 class ArticleStatus(StrEnum):
@@ -69,7 +66,8 @@ class Article(TenantBase):
     )
     # For optimistic concurrency (ETag / If-Match); the articles feature decides how to bump it.
     version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
-    # lazy="raise": tags are loaded explicitly (selectinload), so a page can never N+1.
+    # lazy="raise": tags are loaded explicitly (reads select their names in the same or one
+    # more statement, writes use joinedload), so a page can never N+1.
     tags: Mapped[list[Tag]] = relationship(
         secondary="article_tags", lazy="raise", order_by="Tag.name"
     )

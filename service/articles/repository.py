@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, and_, bindparam, delete, or_, select
+from sqlalchemy import Row, Select, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from service.articles.models import Article, ArticleTag, Tag
 from service.articles.schemas import ArticleFilters
-from service.core.errors import Conflict
 from service.core.pagination import PagePosition
-from service.db.engine import after_commit
+from service.db.errors import flush_unique
+from service.db.keyset import page_after
+
+
+def slug_taken_message(slug: str) -> str:
+    return f"An article with slug '{slug}' exists"
 
 
 def _escape_like(text: str) -> str:
@@ -134,14 +137,7 @@ class ArticleRepository:
         Two statements whatever the page size: the page, then the tags of all its articles.
         """
         statement = _filtered(select(*_COLUMNS), filters)
-        if after is not None:
-            statement = statement.where(
-                or_(
-                    Article.created_at > after.created_at,
-                    and_(Article.created_at == after.created_at, Article.id > after.id),
-                )
-            )
-        statement = statement.order_by(Article.created_at, Article.id).limit(limit)
+        statement = page_after(statement, Article.created_at, Article.id, after, limit)
         rows = (await self.session.execute(statement)).all()
         if not rows:
             return []
@@ -167,10 +163,7 @@ class ArticleRepository:
     async def add(self, article: Article) -> Article:
         """Insert; a slug taken meanwhile by a concurrent writer is a Conflict, not a 500."""
         self.session.add(article)
-        try:
-            await self.session.flush()
-        except IntegrityError:
-            raise Conflict(f"An article with slug '{article.slug}' exists") from None
+        await flush_unique(self.session, Article.slug, slug_taken_message(article.slug))
         return article
 
     async def save(self, article: Article) -> Article:
@@ -179,9 +172,6 @@ class ArticleRepository:
 
     async def remove(self, article: Article) -> None:
         await self.session.execute(delete(Article).where(Article.id == article.id))
-
-    def after_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
-        after_commit(self.session, hook)
 
     @property
     def _dialect(self) -> str:

@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from service.articles.cache import ArticleCache, RenderedArticle
-from service.articles.repository import ArticleRepository
+from service.articles.cache import RenderedArticle
 from service.articles.schemas import (
     ArticleCreate,
     ArticleFilters,
@@ -18,9 +17,11 @@ from service.articles.schemas import (
     ArticleSlug,
 )
 from service.articles.service import Actor, ArticleService, etag_matches
-from service.auth.dependencies import CurrentPrincipal, WriteRateLimit
-from service.core.dependencies import RequireJson, get_settings, get_store
-from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize, cursor_key
+from service.articles.wiring import ARTICLES
+from service.core.dependencies import RequireJson
+from service.core.http import JSON_MEDIA_TYPE
+from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
+from service.identity.dependencies import CurrentPrincipal, WriteRateLimit
 from service.tenants.dependencies import CurrentTenantScope
 
 router = APIRouter(prefix="/articles", tags=["articles"])
@@ -28,17 +29,10 @@ router = APIRouter(prefix="/articles", tags=["articles"])
 WRITE_GUARDS = [RequireJson, WriteRateLimit]
 SlugParam = Annotated[ArticleSlug, Path(description="The article's slug")]
 IfMatch = Annotated[str | None, Header(description="ETag the change is based on (412 if stale)")]
-JSON = "application/json"
 
 
-async def get_article_service(request: Request, scope: CurrentTenantScope) -> ArticleService:
-    settings = await get_settings(request)
-    store = await get_store(request)
-    cache = ArticleCache(
-        store, scope.tenant.slug, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled
-    )
-    key = cursor_key(settings.auth.jwt_secret.get_secret_value().encode(), "articles")
-    return ArticleService(ArticleRepository(scope.session), cache, cursor_key=key)
+async def get_article_service(request: Request) -> ArticleService:
+    return ARTICLES.of(request)
 
 
 Articles = Annotated[ArticleService, Depends(get_article_service)]
@@ -50,19 +44,22 @@ def actor_of(principal: CurrentPrincipal) -> Actor:
 
 def _send(article: RenderedArticle, status: int = HTTPStatus.OK) -> Response:
     # The rendered JSON is sent as is: a cache hit costs no model work at all.
-    return Response(article.body, status, media_type=JSON, headers={"ETag": article.etag})
+    return Response(
+        article.body, status, media_type=JSON_MEDIA_TYPE, headers={"ETag": article.etag}
+    )
 
 
 @router.get("", response_model=ArticlePage, summary="List articles (keyset pages)")
 async def list_articles(
     articles: Articles,
+    scope: CurrentTenantScope,
     filters: Annotated[ArticleFilters, Query()],
     cursor: CursorParam = None,
     limit: PageSize = DEFAULT_PAGE_SIZE,
 ) -> Response:
-    page = await articles.list_page(filters, cursor, limit)
+    page = await articles.list_page(scope, filters, cursor, limit)
     # Serialised once, here: returned as a model, FastAPI would validate it all over again.
-    return Response(page.model_dump_json(), media_type=JSON)
+    return Response(page.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @router.post(
@@ -73,9 +70,13 @@ async def list_articles(
     summary="Create an article",
 )
 async def create_article(
-    data: ArticleCreate, articles: Articles, principal: CurrentPrincipal, request: Request
+    data: ArticleCreate,
+    articles: Articles,
+    scope: CurrentTenantScope,
+    principal: CurrentPrincipal,
+    request: Request,
 ) -> Response:
-    article = await articles.create(actor_of(principal), data)
+    article = await articles.create(scope, actor_of(principal), data)
     response = _send(article, HTTPStatus.CREATED)
     response.headers["Location"] = f"{request.url.path}/{article.slug}"
     return response
@@ -90,9 +91,10 @@ async def create_article(
 async def get_article(
     slug: SlugParam,
     articles: Articles,
+    scope: CurrentTenantScope,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    article = await articles.get(slug)
+    article = await articles.get(scope, slug)
     if etag_matches(if_none_match, article.etag):
         return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": article.etag})
     return _send(article)
@@ -108,10 +110,11 @@ async def patch_article(
     slug: SlugParam,
     patch: ArticlePatch,
     articles: Articles,
+    scope: CurrentTenantScope,
     principal: CurrentPrincipal,
     if_match: IfMatch = None,
 ) -> Response:
-    return _send(await articles.update(actor_of(principal), slug, patch, if_match))
+    return _send(await articles.update(scope, actor_of(principal), slug, patch, if_match))
 
 
 @router.delete(
@@ -122,7 +125,11 @@ async def patch_article(
     summary="Delete an article",
 )
 async def delete_article(
-    slug: SlugParam, articles: Articles, principal: CurrentPrincipal, if_match: IfMatch = None
+    slug: SlugParam,
+    articles: Articles,
+    scope: CurrentTenantScope,
+    principal: CurrentPrincipal,
+    if_match: IfMatch = None,
 ) -> Response:
-    await articles.delete(actor_of(principal), slug, if_match)
+    await articles.delete(scope, actor_of(principal), slug, if_match)
     return Response(status_code=HTTPStatus.NO_CONTENT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -16,6 +15,7 @@ from pydantic import (
 )
 
 from service.articles.models import SLUG_MAX, TAG_NAME_MAX, TITLE_MAX, ArticleStatus
+from service.core.clock import UtcDateTime
 from service.core.pagination import Page
 
 BODY_MAX = 100_000
@@ -82,8 +82,8 @@ class ArticleOut(BaseModel):
     status: ArticleStatus
     author_id: uuid.UUID
     tags: list[str]
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
     version: int
 
 

@@ -1,4 +1,8 @@
-"""Article rules: who may write what, slugs, versions, ETags and the cache. No FastAPI here."""
+"""Article rules: who may write what, slugs, versions, ETags and the cache. No FastAPI here.
+
+Built once per app; every call is handed the request's `TenantScope` (the tenant and a
+session on its own database).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from service.articles.cache import ArticleCache, RenderedArticle
 from service.articles.models import Article
-from service.articles.repository import ArticleRecord, ArticleRepository
+from service.articles.repository import ArticleRecord, ArticleRepository, slug_taken_message
 from service.articles.schemas import (
     ArticleCreate,
     ArticleFilters,
@@ -19,8 +24,10 @@ from service.articles.schemas import (
     ArticlePatch,
 )
 from service.core.errors import Conflict, Forbidden, NotFound, PreconditionFailed
-from service.core.pagination import PagePosition, encode_cursor, position_after
-from service.users.models import Role
+from service.core.pagination import CursorSigner, keyset_page
+from service.db.engine import after_commit
+from service.identity.principal import Role
+from service.tenants.service import TenantScope
 
 ARTICLE_NOT_FOUND = "Article not found"
 EDITORS = frozenset({Role.OWNER, Role.ADMIN, Role.PLATFORM_ADMIN})
@@ -72,43 +79,42 @@ def _distinct(names: Iterable[str]) -> list[str]:
 
 
 class ArticleService:
-    def __init__(
-        self, repository: ArticleRepository, cache: ArticleCache, *, cursor_key: bytes
-    ) -> None:
-        self.repository = repository
+    def __init__(self, cache: ArticleCache, cursors: CursorSigner) -> None:
         self.cache = cache
-        self.cursor_key = cursor_key
+        self.cursors = cursors
 
-    async def get(self, slug: str) -> RenderedArticle:
+    async def get(self, scope: TenantScope, slug: str) -> RenderedArticle:
         """The article as sent, from the cache when it is there."""
-        cached = await self.cache.get(slug)
+        tenant = scope.tenant.slug
+        cached = await self.cache.get(tenant, slug)
         if cached is not None:
             return cached
-        article = await self.repository.get_record(slug)
+        article = await ArticleRepository(scope.session).get_record(slug)
         if article is None:
             raise NotFound(ARTICLE_NOT_FOUND)
         rendered = render(article)
-        await self.cache.put(slug, rendered)
+        await self.cache.put(tenant, rendered)
         return rendered
 
     async def list_page(
-        self, filters: ArticleFilters, cursor: str | None, limit: int
+        self, scope: TenantScope, filters: ArticleFilters, cursor: str | None, limit: int
     ) -> ArticlePage:
-        scope = filters.model_dump_json()
-        after = position_after(cursor, key=self.cursor_key, scope=scope)
-        rows = await self.repository.list_page(filters, after, limit + 1)
-        has_more = len(rows) > limit
-        page = rows[:limit]
-        next_cursor = None
-        if has_more:
-            last = page[-1]
-            position = PagePosition(created_at=last.created_at, id=last.id)
-            next_cursor = encode_cursor(position, key=self.cursor_key, scope=scope)
-        items = [to_out(article) for article in page]
-        return ArticlePage(items=items, next_cursor=next_cursor, has_more=has_more)
+        repository = ArticleRepository(scope.session)
+        return await keyset_page(
+            partial(repository.list_page, filters),
+            to_out,
+            signer=self.cursors,
+            # A cursor continues only this tenant's listing with these filters.
+            scope=f"{scope.tenant.slug}|{filters.model_dump_json()}",
+            cursor=cursor,
+            limit=limit,
+        )
 
-    async def create(self, actor: Actor, data: ArticleCreate) -> RenderedArticle:
-        slug = await self._free_slug(data)
+    async def create(
+        self, scope: TenantScope, actor: Actor, data: ArticleCreate
+    ) -> RenderedArticle:
+        repository = ArticleRepository(scope.session)
+        slug = await self._free_slug(repository, data)
         article = Article(
             id=uuid.uuid4(),
             slug=slug,
@@ -118,37 +124,43 @@ class ArticleService:
             author_id=actor.user_id,
             version=1,
         )
-        article.tags = await self.repository.tags_named(_distinct(data.tags))
-        await self.repository.add(article)
+        article.tags = await repository.tags_named(_distinct(data.tags))
+        await repository.add(article)
         return render(article)
 
     async def update(
-        self, actor: Actor, slug: str, patch: ArticlePatch, if_match: str | None
+        self, scope: TenantScope, actor: Actor, slug: str, patch: ArticlePatch, if_match: str | None
     ) -> RenderedArticle:
-        article = await self._writable(actor, slug, if_match)
+        repository = ArticleRepository(scope.session)
+        article = await self._writable(repository, actor, slug, if_match)
         changes = patch.changes()
         new_slug = changes.get("slug", slug)
-        if new_slug != slug and await self.repository.slug_taken(new_slug):
-            raise Conflict(f"An article with slug '{new_slug}' exists")
+        if new_slug != slug and await repository.slug_taken(new_slug):
+            raise Conflict(slug_taken_message(new_slug))
         for field in ("title", "body", "slug"):
             if field in changes:
                 setattr(article, field, changes[field])
         if "status" in changes:
             article.status = changes["status"].value
         if "tags" in changes:
-            article.tags = await self.repository.tags_named(_distinct(changes["tags"]))
+            article.tags = await repository.tags_named(_distinct(changes["tags"]))
         article.version += 1
-        await self.repository.save(article)
-        self._forget_after_commit(slug, new_slug)
+        await repository.save(article)
+        self._forget_after_commit(scope, slug, new_slug)
         return render(article)
 
-    async def delete(self, actor: Actor, slug: str, if_match: str | None) -> None:
-        article = await self._writable(actor, slug, if_match)
-        await self.repository.remove(article)
-        self._forget_after_commit(slug)
+    async def delete(
+        self, scope: TenantScope, actor: Actor, slug: str, if_match: str | None
+    ) -> None:
+        repository = ArticleRepository(scope.session)
+        article = await self._writable(repository, actor, slug, if_match)
+        await repository.remove(article)
+        self._forget_after_commit(scope, slug)
 
-    async def _writable(self, actor: Actor, slug: str, if_match: str | None) -> Article:
-        article = await self.repository.get_for_update(slug)
+    async def _writable(
+        self, repository: ArticleRepository, actor: Actor, slug: str, if_match: str | None
+    ) -> Article:
+        article = await repository.get_for_update(slug)
         if article is None:
             raise NotFound(ARTICLE_NOT_FOUND)
         if not actor.may_edit(article):
@@ -157,18 +169,15 @@ class ArticleService:
             raise PreconditionFailed("The article has changed since you read it")
         return article
 
-    async def _free_slug(self, data: ArticleCreate) -> str:
+    async def _free_slug(self, repository: ArticleRepository, data: ArticleCreate) -> str:
         if data.slug is not None:
-            if await self.repository.slug_taken(data.slug):
-                raise Conflict(f"An article with slug '{data.slug}' exists")
+            if await repository.slug_taken(data.slug):
+                raise Conflict(slug_taken_message(data.slug))
             return data.slug
         slug = slugify(data.title)
-        if await self.repository.slug_taken(slug):
+        if await repository.slug_taken(slug):
             slug = f"{slug[:113]}-{secrets.token_hex(3)}"
         return slug
 
-    def _forget_after_commit(self, *slugs: str) -> None:
-        async def forget() -> None:
-            await self.cache.forget(*slugs)
-
-        self.repository.after_commit(forget)
+    def _forget_after_commit(self, scope: TenantScope, *slugs: str) -> None:
+        after_commit(scope.session, partial(self.cache.forget, scope.tenant.slug, *slugs))

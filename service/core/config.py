@@ -7,7 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service import package_version
@@ -16,7 +17,9 @@ ENV_PREFIX = "BERTH_"
 ENV_NESTED_DELIMITER = "__"
 # Local-only default; production refuses it (see `production_problems`).
 DEFAULT_JWT_SECRET = "berth-local-development-secret-do-not-use"  # noqa: S105
-MIN_JWT_SECRET_BYTES = 32
+DEFAULT_CURSOR_SECRET = "berth-local-cursor-secret-do-not-use"  # noqa: S105
+MIN_SECRET_BYTES = 32
+MASKED = "**********"
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/berth.db"
 
 CommaList = Annotated[list[str], NoDecode]
@@ -71,6 +74,11 @@ class RedisSettings(BaseModel):
     max_connections: int = Field(default=64, ge=1)
     memory_max_entries: int = Field(default=10_000, ge=1)
 
+    @property
+    def is_required(self) -> bool:
+        """Whether readiness and start-up wait for Redis (never without a URL)."""
+        return self.url is not None and self.required
+
 
 class AuthSettings(BaseModel):
     """Tokens and password hashing. HS256 signs with `jwt_secret`; EdDSA/RS256 with key files."""
@@ -91,12 +99,18 @@ class AuthSettings(BaseModel):
     # memory a burst of logins can claim (queued logins wait instead).
     argon2_max_concurrent: int = Field(default=2, ge=1, le=64)
     # How long a user's role/active/token-version may be served from the key-value store;
-    # writes forget it at once, this only bounds a race (service/users/auth_state.py). 0: off.
+    # writes forget it at once, this only bounds a race (service/identity/auth_state.py). 0: off.
     state_cache_seconds: int = Field(default=30, ge=0, le=300)
 
     @property
     def uses_key_files(self) -> bool:
         return self.jwt_algorithm != "HS256"
+
+
+class PaginationSettings(BaseModel):
+    """Keyset cursors: opaque, signed with a secret of their own (not the token key)."""
+
+    cursor_secret: SecretStr = SecretStr(DEFAULT_CURSOR_SECRET)
 
 
 class RateLimitSettings(BaseModel):
@@ -191,6 +205,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    pagination: PaginationSettings = Field(default_factory=PaginationSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -219,18 +234,19 @@ def production_problems(settings: Settings) -> list[str]:
     if not settings.is_production:
         return []
     problems: list[str] = []
-    secret = settings.auth.jwt_secret.get_secret_value()
     if settings.auth.uses_key_files:
         for field in ("jwt_private_key_file", "jwt_public_key_file"):
             key_file = getattr(settings.auth, field)
             if key_file is None or not key_file.is_file():
                 problems.append(f"{env_name('auth', field)}: {settings.auth.jwt_algorithm} needs "
                                 "a readable key file")  # fmt: skip
-    elif secret == DEFAULT_JWT_SECRET or len(secret.encode()) < MIN_JWT_SECRET_BYTES:
-        problems.append(
-            f"{env_name('auth', 'jwt_secret')}: must be a random secret of at least "
-            f"{MIN_JWT_SECRET_BYTES} bytes, not the default"
+    else:
+        problems += _weak_secret(
+            ("auth", "jwt_secret"), settings.auth.jwt_secret, DEFAULT_JWT_SECRET
         )
+    problems += _weak_secret(
+        ("pagination", "cursor_secret"), settings.pagination.cursor_secret, DEFAULT_CURSOR_SECRET
+    )
     if "*" in settings.http.cors_origins and settings.http.cors_allow_credentials:
         problems.append(
             f"{env_name('http', 'cors_origins')}: '*' cannot be combined with "
@@ -254,6 +270,14 @@ def production_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def _weak_secret(path: tuple[str, str], value: SecretStr, default: str) -> list[str]:
+    secret = value.get_secret_value()
+    if secret != default and len(secret.encode()) >= MIN_SECRET_BYTES:
+        return []
+    return [f"{env_name(*path)}: must be a random secret of at least {MIN_SECRET_BYTES} bytes, "
+            "not the default"]  # fmt: skip
+
+
 class ConfigError(RuntimeError):
     """Raised when settings are unsafe for the chosen environment."""
 
@@ -263,3 +287,59 @@ def ensure_safe(settings: Settings) -> None:
     problems = production_problems(settings)
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the environment variable of each invalid setting."""
+    return "; ".join(
+        f"{env_name(*(str(part) for part in error['loc']))}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and `.env`; a one-line ConfigError when invalid or
+    unsafe for the environment (the CLI prints it and exits 2)."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    ensure_safe(settings)
+    return settings
+
+
+def safe_url(url: str) -> str:
+    """A URL with its password masked, fit for logs and error messages."""
+    # Imported here: SQLAlchemy is heavy, and check-config needs it only for --show.
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return MASKED  # not a URL we can take apart: show none of it
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as the service applies them, fit to print (`check-config --show`).
+
+    Secrets are masked, URLs only in their password (a SQLite path holds none), and
+    `redis.required` says whether Redis is really waited for (never without a URL).
+    """
+    shown = _shown(settings)
+    shown["redis"]["required"] = settings.redis.is_required
+    return shown
+
+
+def _shown(model: BaseModel) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            shown[name] = _shown(value)
+        elif isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            shown[name] = safe_url(secret) if name.endswith("url") else MASKED
+        else:
+            shown[name] = to_jsonable_python(value)
+    return shown

@@ -1,4 +1,4 @@
-"""Request dependencies as Annotated aliases: settings, resources, the request's session.
+"""The core part of the app's container and the request dependencies built on it.
 
 All are `async def` even without awaiting: FastAPI runs a plain `def` dependency in a worker
 thread, which cost more than half the throughput of a cheap route (docs/benchmarks.md).
@@ -9,50 +9,48 @@ what its paths number (54 walks for one article GET before this was flattened).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import Depends, Request, Response
 
 from service.core.config import Settings
-from service.core.errors import UnsupportedMediaType
-from service.core.resources import Resources
-from service.core.store import KeyValueStore
-from service.db.engine import session_scope
+from service.core.errors import RateLimited, UnsupportedMediaType
+from service.core.http import is_json_media_type
+from service.core.logging import get_logger
+from service.core.metrics import Metrics
+from service.core.ratelimit import REMAINING, RULES, Decision, RateLimiter
+from service.core.slots import AppSlot
+from service.core.store import KeyValueStore, StoreUnavailable
+
+log = get_logger(__name__)
 
 
-async def get_resources(request: Request) -> Resources:
-    resources: Resources = request.app.state.resources
-    return resources
+@dataclass(frozen=True)
+class Core:
+    """What every feature may use: settings, the key-value store, limits and metrics."""
+
+    settings: Settings
+    store: KeyValueStore
+    rate_limiter: RateLimiter
+    metrics: Metrics
+
+
+CORE: AppSlot[Core] = AppSlot("core")
 
 
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return CORE.of(request).settings
 
 
 async def get_store(request: Request) -> KeyValueStore:
-    store: KeyValueStore = request.app.state.resources.store
-    return store
-
-
-async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A control-plane session: read-only on autocommit for GET/HEAD, else a transaction."""
-    resources: Resources = request.app.state.resources
-    async with session_scope(resources.sessions.for_method(request.method)) as session:
-        yield session
+    return CORE.of(request).store
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 StoreDep = Annotated[KeyValueStore, Depends(get_store)]
-# scope="function": commit/rollback runs when the route returns, before the response is sent,
-# so a failed commit becomes an error response instead of a 200 over lost data.
-DbSession = Annotated[AsyncSession, Depends(get_db_session, scope="function")]
-
-
-_JSON_TYPES = frozenset({"application/json"})
 
 
 async def require_json_body(request: Request) -> None:
@@ -60,13 +58,55 @@ async def require_json_body(request: Request) -> None:
     has_body = request.headers.get("content-length", "0") != "0" or (
         "transfer-encoding" in request.headers
     )
-    if not has_body:
-        return
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type in _JSON_TYPES or media_type.endswith("+json"):
+    if not has_body or is_json_media_type(request.headers.get("content-type", "")):
         return
     raise UnsupportedMediaType("Send the body as application/json")
 
 
 # Router-level guard for JSON APIs: `APIRouter(dependencies=[RequireJson])`.
 RequireJson = Depends(require_json_body)
+
+
+# Rate limits -------------------------------------------------------------------------------
+
+
+def _set_allowed_headers(response: Response, decision: Decision) -> None:
+    # With several limits on one route, the client is told about the tightest.
+    current = response.headers.get(REMAINING)
+    if current is not None and int(current) <= decision.remaining:
+        return
+    response.headers.update(decision.headers())
+
+
+async def enforce(request: Request, response: Response, rule: str, identity: str) -> None:
+    """Count one request against `rule` for `identity`; RateLimited (429) when over."""
+    limiter = CORE.of(request).rate_limiter
+    if not limiter.enabled:
+        return
+    try:
+        decision = await limiter.hit(rule, identity)
+    except StoreUnavailable as exc:
+        # Fail open: a Redis outage already fails readiness; limits must not add a 500.
+        log.warning("rate_limit_unavailable", rule=rule, error=type(exc.__cause__).__name__)
+        return
+    if not decision.allowed:
+        log.info("rate_limited", rule=rule)
+        raise RateLimited(math.ceil(decision.retry_after_ms / 1000), headers=decision.headers())
+    _set_allowed_headers(response, decision)
+
+
+def limit_by_client_ip(rule: str) -> Callable[[Request, Response], Awaitable[None]]:
+    """A dependency that limits `rule` per client IP (see RateLimiter.client_ip)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rate-limit rule {rule!r}")
+
+    async def dependency(request: Request, response: Response) -> None:
+        limiter = CORE.of(request).rate_limiter
+        await enforce(request, response, rule, limiter.client_ip(request))
+
+    return dependency
+
+
+LoginIpRateLimit = Annotated[None, Depends(limit_by_client_ip("login_per_ip"))]
+RegisterIpRateLimit = Annotated[None, Depends(limit_by_client_ip("register_per_ip"))]
+RefreshIpRateLimit = Annotated[None, Depends(limit_by_client_ip("refresh_per_ip"))]

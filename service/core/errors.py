@@ -1,26 +1,18 @@
-"""The one error envelope, the domain errors and the handlers that render them."""
+"""The one error envelope and the domain errors (`error_handlers.py` renders them).
+
+No web framework here: services raise these, and the CLI imports them, without loading it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.logging import get_logger
+from service.core.clock import utc_timestamp
 
-log = get_logger(__name__)
-
-# Scope key under which the request-context middleware stores the request id. Not
-# scope["state"]: that dict is the lifespan state, which some servers share across requests.
-REQUEST_ID_SCOPE_KEY = "berth.request_id"
 # Fixed names: HTTPStatus phrases change between Python versions (413 became "Content Too
 # Large" in 3.13), and clients match on these.
 _STATUS_NAMES = {
@@ -48,7 +40,7 @@ class ErrorEnvelope(BaseModel):
     name: str = Field(examples=["NotFound"])
     message: str = Field(examples=["Not Found"])
     correlationId: str | None = Field(examples=["4bf92f3577b34da6a3ce929d0e0e4736"])
-    timestamp: str = Field(examples=["2026-01-01T00:00:00.000000+00:00"])
+    timestamp: str = Field(examples=["2026-01-01T00:00:00.123456Z"])
     path: str = Field(examples=["/api/v1/articles/unknown"])
     data: dict[str, Any] | None = None
 
@@ -142,73 +134,11 @@ def envelope_bytes(
         name=name or status_name(status_code),
         message=message,
         correlationId=request_id,
-        timestamp=datetime.now(UTC).isoformat(),
+        timestamp=utc_timestamp(),
         path=path,
         data=data,
     )
     return orjson.dumps(envelope.model_dump())
-
-
-def request_id_of(request: Request) -> str | None:
-    value = request.scope.get(REQUEST_ID_SCOPE_KEY)
-    return value if isinstance(value, str) else None
-
-
-def error_response(
-    request: Request,
-    status_code: int,
-    message: str,
-    *,
-    data: dict[str, Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    body = envelope_bytes(
-        status_code, message, path=request.url.path, request_id=request_id_of(request), data=data
-    )
-    return Response(body, status_code, headers=headers, media_type="application/json")
-
-
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    # Never echo what was submitted: keep where, what and why, drop `input` and `ctx`.
-    return [
-        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
-        for error in exc.errors()
-    ]
-
-
-async def _handle_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    message = exc.detail if isinstance(exc.detail, str) else status_name(exc.status_code)
-    data = exc.detail if isinstance(exc.detail, dict) else None
-    return error_response(request, exc.status_code, message, data=data, headers=exc.headers)
-
-
-async def _handle_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(
-        request,
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        "The request is not valid",
-        data={"errors": _validation_errors(exc)},
-    )
-
-
-async def _handle_domain_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DomainError)
-    return error_response(request, exc.status_code, exc.message, data=exc.data, headers=exc.headers)
-
-
-async def _handle_unexpected(request: Request, exc: Exception) -> Response:
-    # Last resort for errors raised outside the router (the middleware catches the rest).
-    log.error("unhandled_error", path=request.url.path, exc_info=exc)
-    return error_response(request, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal server error")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
-    app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    app.add_exception_handler(DomainError, _handle_domain_error)
-    app.add_exception_handler(Exception, _handle_unexpected)
 
 
 # Declared in OpenAPI for every route so clients see the envelope.

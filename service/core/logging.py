@@ -212,6 +212,21 @@ def configure_logging(
     logging.getLogger("uvicorn.access").disabled = True
     # SQLAlchemy logs statements at INFO when echo is on; otherwise keep it quiet.
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # Alembic announces every plugin it sets up and the dialect it picked, on every run:
+    # set-up noise, not news. What it migrates ("Running upgrade ...") is kept.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    migration = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _AlembicSetupFilter) for f in migration.filters):
+        migration.addFilter(_AlembicSetupFilter())
+
+
+class _AlembicSetupFilter(logging.Filter):
+    """Drops the lines Alembic logs about itself before every run."""
+
+    _SETUP = ("Context impl ", "Will assume ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._SETUP)
 
 
 ACCESS_LOGGER = "berth.access"

@@ -1,5 +1,10 @@
 """Prometheus metrics: HTTP (prometheus-fastapi-instrumentator), DB pools, build info.
 
+The rule for names: each feature declares its metric names once, in its own `metrics.py`
+(this module for the HTTP, pool and build metrics every app has; `service/tenants/metrics.py`
+for the tenant registry and engines), registered into the app's `Metrics.registry`.
+Dashboards, alert rules and tests import the names from there and never retype them.
+
 Each app gets its own registry, so building the app twice in a process (tests) cannot raise
 "Duplicated timeseries". With several workers, PROMETHEUS_MULTIPROC_DIR switches to
 prometheus_client's multiprocess mode: values live in shared files and `/metrics` aggregates.
@@ -26,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.middleware import route_template
 
-# Metric names: the one place the dashboards, rules and tests take them from.
+# Names as scraped (see the rule above).
 HTTP_REQUEST_DURATION = "http_request_duration_seconds"
 HTTP_REQUESTS_INPROGRESS = "http_requests_inprogress"
 DB_POOL_SIZE = "berth_db_pool_size"

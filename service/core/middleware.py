@@ -1,7 +1,8 @@
 """Pure-ASGI middleware (no BaseHTTPMiddleware: it costs throughput and breaks streaming).
 
-Outermost first: request context -> access log -> security headers -> body-size limit ->
-error envelope -> (CORS, trusted hosts when configured) -> router.
+Outermost first: request context -> access log -> metrics (`service/core/metrics.py`) ->
+security headers -> body-size limit -> error envelope -> (CORS, trusted hosts when
+configured) -> router. `service/main.py` adds them in that order.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ import random
 import re
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
 import structlog
+from cachetools import LRUCache
 from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import REQUEST_ID_SCOPE_KEY, envelope_bytes
+from service.core.errors import envelope_bytes
+from service.core.http import (
+    JSON_MEDIA_TYPE,
+    REQUEST_ID_SCOPE_KEY,
+    is_json_media_type,
+    request_id_of,
+)
 from service.core.logging import REQUEST_ID, access_log, get_logger
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -54,11 +61,6 @@ def new_request_id() -> str:
     return f"{bits:032x}"
 
 
-def _request_id_of(scope: Scope) -> str | None:
-    value = scope.get(REQUEST_ID_SCOPE_KEY)
-    return value if isinstance(value, str) else None
-
-
 async def send_error(
     scope: Scope,
     send: Send,
@@ -67,10 +69,10 @@ async def send_error(
     extra_headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     """Answer in the error envelope from middleware (before or instead of the app)."""
-    body = envelope_bytes(status, message, path=scope["path"], request_id=_request_id_of(scope))
+    body = envelope_bytes(status, message, path=scope["path"], request_id=request_id_of(scope))
     headers = [
         *extra_headers,
-        (b"content-type", b"application/json"),
+        (b"content-type", JSON_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -113,7 +115,7 @@ class RouteTemplateCache:
     """Route templates of one app by (method, root path, path), least recently used first out.
 
     The instrumentator's `get_route_name` tries the app's routes one by one on every call;
-    a hit here is one dict lookup. Only matched requests are stored: an unknown path (a 404,
+    a hit here is one cache lookup. Only matched requests are stored: an unknown path (a 404,
     a scanner) is resolved every time and takes no memory. Routes are matched on method and
     path only (berth has no host-based routes), so those make the key. Routes are taken to be
     fixed once the app serves: one added later cannot shadow a path already remembered.
@@ -121,7 +123,7 @@ class RouteTemplateCache:
 
     def __init__(self, size: int = ROUTE_TEMPLATE_CACHE_SIZE) -> None:
         self.size = size
-        self._templates: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._templates: LRUCache[tuple[str, str, str], str] = LRUCache(maxsize=size)
 
     def __len__(self) -> int:
         return len(self._templates)
@@ -130,13 +132,10 @@ class RouteTemplateCache:
         key = (scope.get("method", ""), scope.get("root_path", ""), scope["path"])
         template = self._templates.get(key)
         if template is not None:
-            self._templates.move_to_end(key)
             return template
         template = get_route_name(Request(scope), should_include_root_path=True)
         if template is not None:
             self._templates[key] = template
-            if len(self._templates) > self.size:
-                self._templates.popitem(last=False)
         return template
 
 
@@ -319,8 +318,7 @@ def _caused_by_body_limit(exc: BaseException) -> bool:
 def _is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     for key, value in headers:
         if key.lower() == b"content-type":
-            media_type = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json" or media_type.endswith(b"+json")
+            return is_json_media_type(value)
     return False
 
 

@@ -1,4 +1,4 @@
-"""Rate limits as route dependencies: GCRA in Redis (one Lua call), or in process.
+"""Rate limits: GCRA in Redis (one Lua call), or in process.
 
 GCRA (the generic cell rate algorithm) keeps one number per key, the theoretical arrival
 time (TAT): a request is allowed when TAT - period + interval <= now, and then moves TAT on
@@ -8,31 +8,26 @@ skewed clocks share one notion of time. Without Redis (`store.backend == "memory
 laptop) the same arithmetic runs in process, per application instance.
 
 Limits are "<count>/<second|minute|hour>" in RateLimitSettings, parsed at application
-start (ConfigError when invalid). Keys: `berth:rl:<rule>:<identity>`.
+start (ConfigError when invalid). Keys: `berth:rl:<rule>:<identity>`. Routes apply them with
+the dependencies of `service/core/dependencies.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import Depends, Request, Response
+from cachetools import LRUCache
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from starlette.requests import HTTPConnection
 
 from service.core.config import ConfigError, RateLimitSettings, env_name
-from service.core.errors import RateLimited
-from service.core.logging import get_logger
-from service.core.store import KeyValueStore, RedisStore, StoreUnavailable
-
-log = get_logger(__name__)
+from service.core.store import KeyValueStore, RedisStore
 
 KEY_PREFIX: Final = "berth:rl:"
 PERIODS: Final = {"second": 1, "minute": 60, "hour": 3600}
@@ -125,7 +120,7 @@ class MemoryGcra:
 
     def __init__(self, max_entries: int = DEFAULT_MEMORY_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._tats: OrderedDict[str, int] = OrderedDict()
+        self._tats: LRUCache[str, int] = LRUCache(maxsize=max_entries)
 
     def hit(self, key: str, rate: Rate) -> Decision:
         now = time.monotonic_ns() // 1_000_000
@@ -136,17 +131,20 @@ class MemoryGcra:
         if allow_at > now:
             return Decision(False, rate.count, 0, allow_at - now, tat - now)
         self._tats[key] = new_tat
-        self._tats.move_to_end(key)
-        while len(self._tats) > self.max_entries:
-            self._tats.popitem(last=False)
         return Decision(True, rate.count, (now - allow_at) // interval, 0, new_tat - now)
 
 
 class RateLimiter:
-    """One per application (app.state.rate_limiter); the store decides Redis or memory."""
+    """One per application (in the container); counts in Redis, or in process without it."""
 
-    def __init__(self, settings: RateLimitSettings, memory_entries: int = DEFAULT_MEMORY_ENTRIES):
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        store: KeyValueStore,
+        memory_entries: int = DEFAULT_MEMORY_ENTRIES,
+    ) -> None:
         self.enabled = settings.enabled
+        self.store = store
         self.rates = {
             rule: parse_rate(getattr(settings, rule), setting=env_name("rate_limits", rule))
             for rule in RULES
@@ -163,9 +161,11 @@ class RateLimiter:
             self._script_client = client
         return self._script
 
-    async def hit(self, store: KeyValueStore, rule: str, identity: str) -> Decision:
+    async def hit(self, rule: str, identity: str) -> Decision:
+        """Count one request of `identity` against `rule` (StoreUnavailable if Redis fails)."""
         rate = self.rates[rule]
         key = f"{KEY_PREFIX}{rule}:{identity}"
+        store = self.store
         if not isinstance(store, RedisStore):
             return self.memory.hit(key, rate)
         script = self._gcra_script(store.client)
@@ -174,7 +174,7 @@ class RateLimiter:
         )
         return Decision(bool(allowed), rate.count, int(remaining), int(retry_after), int(reset))
 
-    def client_ip(self, request: Request) -> str:
+    def client_ip(self, request: HTTPConnection) -> str:
         """The socket peer, unless it is a trusted proxy: then the right-most untrusted
         X-Forwarded-For entry (entries left of it are whatever the client chose to send)."""
         peer = request.client.host if request.client else "unknown"
@@ -210,51 +210,3 @@ def _parse_ip(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
-
-
-def account_identity(email: str) -> str:
-    """Keys name accounts by a hash: no addresses in Redis, and a bounded key length."""
-    return hashlib.sha256(email.encode()).hexdigest()[:32]
-
-
-def _set_allowed_headers(response: Response, decision: Decision) -> None:
-    # With several limits on one route, the client is told about the tightest.
-    current = response.headers.get(REMAINING)
-    if current is not None and int(current) <= decision.remaining:
-        return
-    response.headers.update(decision.headers())
-
-
-async def enforce(request: Request, response: Response, rule: str, identity: str) -> None:
-    """Count one request against `rule` for `identity`; RateLimited (429) when over."""
-    limiter: RateLimiter = request.app.state.rate_limiter
-    if not limiter.enabled:
-        return
-    store: KeyValueStore = request.app.state.resources.store
-    try:
-        decision = await limiter.hit(store, rule, identity)
-    except StoreUnavailable as exc:
-        # Fail open: a Redis outage already fails readiness; limits must not add a 500.
-        log.warning("rate_limit_unavailable", rule=rule, error=type(exc.__cause__).__name__)
-        return
-    if not decision.allowed:
-        log.info("rate_limited", rule=rule)
-        raise RateLimited(math.ceil(decision.retry_after_ms / 1000), headers=decision.headers())
-    _set_allowed_headers(response, decision)
-
-
-def limit_by_client_ip(rule: str) -> Callable[[Request, Response], Awaitable[None]]:
-    """A dependency that limits `rule` per client IP (see RateLimiter.client_ip)."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rate-limit rule {rule!r}")
-
-    async def dependency(request: Request, response: Response) -> None:
-        limiter: RateLimiter = request.app.state.rate_limiter
-        await enforce(request, response, rule, limiter.client_ip(request))
-
-    return dependency
-
-
-LoginIpRateLimit = Annotated[None, Depends(limit_by_client_ip("login_per_ip"))]
-RegisterIpRateLimit = Annotated[None, Depends(limit_by_client_ip("register_per_ip"))]
-RefreshIpRateLimit = Annotated[None, Depends(limit_by_client_ip("refresh_per_ip"))]

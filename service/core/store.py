@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Protocol, TypeVar
 
+from cachetools import TLRUCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -103,31 +103,32 @@ class RedisStore:
         await self.client.aclose()
 
 
+# An in-process entry: (monotonic expiry time, value); the expiry travels with the value so
+# that `incr` keeps the window the first increment opened.
+_Entry = tuple[float, bytes]
+
+
+def _expires_at(_: str, entry: _Entry, __: float) -> float:
+    return entry[0]
+
+
 class MemoryStore:
-    """Bounded LRU with per-key expiry; same interface as RedisStore."""
+    """Bounded LRU with per-key expiry (cachetools' TLRUCache); same interface as RedisStore."""
 
     backend = "memory"
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: TLRUCache[str, _Entry] = TLRUCache(
+            maxsize=max_entries, ttu=_expires_at, timer=time.monotonic
+        )
 
     def _live(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires_at, value = entry
-        if expires_at <= time.monotonic():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
+        return None if entry is None else entry[1]
 
     def _put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         self._entries[key] = (time.monotonic() + max(1, ttl_seconds), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
 
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
@@ -142,11 +143,11 @@ class MemoryStore:
         return sum(1 for key in keys if self._entries.pop(key, None) is not None)
 
     async def incr(self, key: str, ttl_seconds: int) -> int:
-        current = self._live(key)
-        if current is None:
+        entry = self._entries.get(key)
+        if entry is None:
             self._put(key, b"1", ttl_seconds)
             return 1
-        expires_at, _ = self._entries[key]
+        expires_at, current = entry
         count = int(current) + 1
         self._entries[key] = (expires_at, str(count).encode())
         return count

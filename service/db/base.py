@@ -1,4 +1,11 @@
-"""Declarative base with a naming convention, so Alembic's constraint names are stable."""
+"""Declarative bases with one naming convention, so Alembic's constraint names are stable.
+
+Two bases, two databases, two migration histories: `Base` for the control plane (users,
+refresh tokens) and `TenantBase` for every tenant's own database (articles, tags). They never
+share metadata: a foreign key across the two databases could not be enforced, and
+autogenerate must compare each history with its own tables only. The migration environments
+(`service/migrations/`) import the features' models so each metadata is complete.
+"""
 
 from __future__ import annotations
 
@@ -16,5 +23,11 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     """Control-plane models inherit from this."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TenantBase(DeclarativeBase):
+    """Tenant-database models inherit from this."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)

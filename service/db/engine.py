@@ -1,4 +1,4 @@
-"""Engines and sessions: created once in the lifespan, one AsyncSession per request."""
+"""Engines and sessions: created once per app, one AsyncSession per request."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import TextClause, event, make_url
+from sqlalchemy import TextClause, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -30,11 +30,6 @@ _CHECKED_IN_AT = "berth.checked_in_at"
 _QUERY_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN"})
 
 
-def safe_url(url: str | URL) -> str:
-    """The URL with its password masked, fit for logs and error messages."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def _ensure_sqlite_directory(url: URL) -> None:
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -50,11 +45,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    """An async engine for SQLite (aiosqlite) or PostgreSQL (asyncpg) from settings."""
+    """An async engine for SQLite (aiosqlite) or PostgreSQL (asyncpg) from settings; no
+    connection is made until the first use."""
     url = make_url(settings.url.get_secret_value())
+    pool_options: dict[str, Any] = {
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout_seconds,
+    }
     if url.get_backend_name() == "sqlite":
         _ensure_sqlite_directory(url)
-        engine = create_async_engine(url, echo=settings.echo, hide_parameters=True)
+        if url.database in (None, "", ":memory:"):
+            pool_options = {}  # one in-memory database, one shared connection (StaticPool)
+        engine = create_async_engine(url, echo=settings.echo, hide_parameters=True, **pool_options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     ping_every_checkout = settings.pool_pre_ping and settings.pool_ping_idle_seconds == 0
@@ -62,15 +65,13 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         url,
         echo=settings.echo,
         hide_parameters=True,  # statement parameters may hold secrets
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.pool_timeout_seconds,
         pool_pre_ping=ping_every_checkout,
         pool_recycle=settings.pool_recycle_seconds,
         connect_args={
             "timeout": settings.connect_timeout_seconds,
             "server_settings": {"application_name": APPLICATION_NAME},
         },
+        **pool_options,
     )
     if settings.pool_pre_ping and not ping_every_checkout:
         ping_after_idle(engine, settings.pool_ping_idle_seconds)
@@ -168,12 +169,37 @@ def create_session_factories(engine: AsyncEngine) -> SessionFactories:
     return SessionFactories(write=create_session_factory(engine), read=read)
 
 
+@dataclass(frozen=True)
+class Database:
+    """An engine and its session factories: the control plane, or one tenant's database."""
+
+    engine: AsyncEngine
+    sessions: SessionFactories
+
+    @classmethod
+    def open(cls, settings: DatabaseSettings) -> Database:
+        engine = create_engine(settings)
+        return cls(engine=engine, sessions=create_session_factories(engine))
+
+    async def ping(self) -> None:
+        """One round trip (readiness, start-up)."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
 AFTER_COMMIT_KEY = "berth.after_commit"
 
 
 def after_commit(session: AsyncSession, hook: Callable[[], Awaitable[None]]) -> None:
-    """Run `hook` once this request's transaction has committed (e.g. cache invalidation,
-    which before the commit would let a concurrent reader cache the old row again)."""
+    """Run `hook` once this request's transaction has committed.
+
+    Services register their cache invalidations here (the one place for it in every
+    feature): forgetting before the commit would let a concurrent reader cache the old row
+    again, and a rolled-back change must not forget anything.
+    """
     session.info.setdefault(AFTER_COMMIT_KEY, []).append(hook)
 
 

@@ -5,8 +5,9 @@ so two runs at once (two Job pods, a Job and a developer) serialize instead of r
 second one then finds the schema at head and does nothing. Migrations must connect directly:
 PgBouncer in transaction mode does not keep session state and breaks this.
 
-Several histories share this runner (`MigrationHistory`): the control plane's and the tenant
-databases' (service/tenants/migrations, one advisory lock per tenant). Alembic keeps its
+Two histories share this runner (`MigrationHistory`), both under `service/migrations/`: the
+control plane's and the tenant databases' (one advisory lock per tenant,
+`service/tenants/migrate.py`). Alembic keeps its
 environment in module globals, so runs inside one process (e.g. an operator migrating many
 tenants) take turns; separate processes coordinate through the advisory lock.
 """
@@ -27,7 +28,9 @@ from sqlalchemy import Connection, MetaData, text
 
 from service.db.engine import create_engine_for_migrations
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
+CONTROL_PLANE_MIGRATIONS_DIR = MIGRATIONS_ROOT / "control_plane"
+TENANT_MIGRATIONS_DIR = MIGRATIONS_ROOT / "tenant"
 CONTROL_PLANE_LOCK = "berth:migrations:control-plane"
 
 
@@ -50,11 +53,11 @@ class MigrationHistory:
         return ScriptDirectory.from_config(self.config()).get_current_head()
 
 
-CONTROL_PLANE = MigrationHistory(MIGRATIONS_DIR, CONTROL_PLANE_LOCK)
+CONTROL_PLANE = MigrationHistory(CONTROL_PLANE_MIGRATIONS_DIR, CONTROL_PLANE_LOCK)
 
 
 def alembic_config(
-    lock_name: str = CONTROL_PLANE_LOCK, script_location: Path = MIGRATIONS_DIR
+    lock_name: str = CONTROL_PLANE_LOCK, script_location: Path = CONTROL_PLANE_MIGRATIONS_DIR
 ) -> Config:
     config = Config()
     config.set_main_option("script_location", str(script_location))

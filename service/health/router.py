@@ -1,3 +1,5 @@
+"""/api/v1/health: liveness (no I/O) and readiness (cached dependency checks)."""
+
 from __future__ import annotations
 
 from http import HTTPStatus
@@ -6,15 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.health.schemas import LiveResponse, ReadyResponse
-from service.health.service import ReadinessProbe
+from service.health.service import READINESS, ReadinessProbe
 
 router = APIRouter(prefix="/health", tags=["health"])
 LIVE_RESPONSE = LiveResponse()
 
 
 async def get_probe(request: Request) -> ReadinessProbe:
-    probe: ReadinessProbe = request.app.state.readiness
-    return probe
+    return READINESS.of(request)
 
 
 @router.get("/live", response_model=LiveResponse, summary="Liveness (no I/O)")

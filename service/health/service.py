@@ -9,9 +9,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from service.core.resources import Resources, ping_database
+from service.core.clock import utc_timestamp
+from service.core.config import Settings
+from service.core.slots import AppSlot
+from service.core.store import KeyValueStore
+from service.db.engine import Database
 from service.health.schemas import CheckReport, ReadinessStatus, ReadyResponse
 
 
@@ -76,21 +79,23 @@ class ReadinessProbe:
             )
             self._cached = ReadyResponse(
                 status=_overall(reports),
-                checked_at=datetime.now(UTC).isoformat(),
+                checked_at=utc_timestamp(),
                 checks=reports,
             )
             self._cached_at = time.monotonic()
             return self._cached
 
 
-def build_probe(resources: Resources) -> ReadinessProbe:
+def build_probe(settings: Settings, database: Database, store: KeyValueStore) -> ReadinessProbe:
     """Database always required; Redis when configured (optional if `redis.required` is off)."""
-    settings = resources.settings
-    checks = [Check("database", True, lambda: ping_database(resources.engine))]
+    checks = [Check("database", True, database.ping)]
     if settings.redis.url is not None:
-        checks.append(Check("redis", settings.redis.required, resources.store.ping))
+        checks.append(Check("redis", settings.redis.is_required, store.ping))
     return ReadinessProbe(
         checks,
         timeout_seconds=settings.observability.readiness_timeout_seconds,
         cache_seconds=settings.observability.readiness_cache_seconds,
     )
+
+
+READINESS: AppSlot[ReadinessProbe] = AppSlot("readiness")

@@ -10,38 +10,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from service.tenants.schemas import TenantEntry, TenantStatus, is_valid_slug
-
-if TYPE_CHECKING:
-    from service.core.config import Settings
-
-EXIT_FAILED = 1
-SLUG_HELP = "3-41 characters: lowercase letters, digits and '-', starting with a letter"
+from service.core.commands import EXIT_FAILED, command_settings, fail, first_line
+from service.core.tenancy import TENANT_SLUG_HELP, is_valid_tenant_slug
+from service.tenants.schemas import TenantEntry, TenantStatus
 
 
 def slug_argument(value: str) -> str:
-    if not is_valid_slug(value):
-        raise argparse.ArgumentTypeError(f"not a tenant slug ({SLUG_HELP})")
+    if not is_valid_tenant_slug(value):
+        raise argparse.ArgumentTypeError(f"not a tenant slug ({TENANT_SLUG_HELP})")
     return value
 
 
 def _failed(what: str, exc: BaseException) -> int:
-    # First line only: driver messages go on with the statement, never with credentials,
-    # but a one-line answer is what a terminal user needs.
-    detail = (str(exc).strip().splitlines() or [""])[0]
-    print(f"berth: {what}: {type(exc).__name__}: {detail}", file=sys.stderr)
-    return EXIT_FAILED
-
-
-def _settings() -> Settings:
-    from service.cli import load_settings
-    from service.core.logging import configure_logging
-
-    settings = load_settings()
-    configure_logging(settings.observability)
-    return settings
+    return fail(f"{what}: {first_line(exc)}", EXIT_FAILED)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -57,7 +40,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     from service.tenants.provisioning import create_tenant
     from service.tenants.registry import backend_of, entry_path
 
-    settings = _settings()
+    settings = command_settings()
     try:
         entry = asyncio.run(
             create_tenant(
@@ -89,12 +72,12 @@ def format_table(entries: list[TenantEntry]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from service.tenants.registry import read_entries
+    from service.tenants.registry import TenantRegistry
 
-    settings = _settings()
-    entries, problems = read_entries(settings.tenants.registry_dir)
-    print(format_table(entries))
-    for name, problem in problems.items():
+    settings = command_settings()
+    registry = TenantRegistry.read(settings.tenants.registry_dir)
+    print(format_table(registry.entries()))
+    for name, problem in registry.problems().items():
         print(f"berth: skipped {name}: {problem}", file=sys.stderr)
     return 0
 
@@ -102,7 +85,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from service.tenants.provisioning import delete_tenant
 
-    settings = _settings()
+    settings = command_settings()
     try:
         deletion = asyncio.run(
             delete_tenant(
@@ -126,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     admin_help = "PostgreSQL admin URL: a real database and role instead of a SQLite file"
 
     create = commands.add_parser("create", help="provision, migrate and register a tenant")
-    create.add_argument("slug", type=slug_argument, help=SLUG_HELP)
+    create.add_argument("slug", type=slug_argument, help=TENANT_SLUG_HELP)
     create.add_argument("--postgres-admin-url", metavar="URL", help=admin_help)
     create.add_argument("--self-signup", action="store_true", help="let users register")
     create.set_defaults(handler=cmd_create)
@@ -135,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     listing.set_defaults(handler=cmd_list)
 
     delete = commands.add_parser("delete", help="remove a tenant from the registry")
-    delete.add_argument("slug", type=slug_argument, help=SLUG_HELP)
+    delete.add_argument("slug", type=slug_argument, help=TENANT_SLUG_HELP)
     delete.add_argument("--drop", action="store_true", help="also drop its database or file")
     delete.add_argument("--postgres-admin-url", metavar="URL", help="needed to drop PostgreSQL")
     delete.set_defaults(handler=cmd_delete)
@@ -143,8 +126,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 async def _migrate(entries: list[TenantEntry], args: argparse.Namespace) -> int:
     """Each tenant in turn, under its own lock; a failure is reported and the rest go on."""
+    from service.core.config import safe_url
     from service.core.logging import get_logger
-    from service.db.engine import safe_url
     from service.tenants.migrate import downgrade_tenant, upgrade_tenant
 
     log = get_logger("berth.migrate")
@@ -169,15 +152,13 @@ def cmd_migrate_tenants(args: argparse.Namespace) -> int:
     """`migrate --tenant SLUG` or `migrate --all-tenants` (tenants from the registry)."""
     from service.tenants.registry import TenantRegistry
 
-    settings = _settings()
-    registry = TenantRegistry(settings.tenants.registry_dir)
-    registry.refresh()
+    settings = command_settings()
+    registry = TenantRegistry.read(settings.tenants.registry_dir)
     if args.tenant:
         entry = registry.get(args.tenant)
         if entry is None:
-            print(f"berth: unknown tenant {args.tenant!r} (no valid entry in "
-                  f"{settings.tenants.registry_dir})", file=sys.stderr)  # fmt: skip
-            return EXIT_FAILED
+            return fail(f"unknown tenant {args.tenant!r} (no valid entry in "
+                        f"{settings.tenants.registry_dir})")  # fmt: skip
         entries = [entry]
     else:
         # A tenant being deleted is on its way out; its database may already be gone.

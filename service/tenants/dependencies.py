@@ -1,6 +1,6 @@
 """Request dependencies: the request's tenant and a session on that tenant's database.
 
-The tenant comes from the authenticated principal (`service/auth/`): its token's tenant,
+The tenant comes from the authenticated principal (`service.identity`): its token's tenant,
 narrowed by X-Tenant-ID. Routes take `tenant: CurrentTenant`, or `scope: CurrentTenantScope`
 for the tenant and a session on its database; `tenant_resolver` and `tenant_scope_for` build
 the same from another claim dependency (tests use them).
@@ -10,27 +10,24 @@ name the factory's arguments, which FastAPI could not resolve from strings later
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, Header, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.dependencies import current_principal
-from service.core.dependencies import get_resources
 from service.core.logging import TENANT
 from service.db.engine import session_scope
-from service.tenants.schemas import TenantEntry, TenantLookup
-from service.tenants.service import TENANT_HEADER, TenantClaim, resolve_tenant
+from service.identity.dependencies import current_principal
+from service.tenants.schemas import TenantEntry
+from service.tenants.service import TENANT_HEADER, TenantClaim, TenantScope, resolve_tenant
+from service.tenants.wiring import TENANCY, Tenancy
 
 ClaimDependency = Callable[..., Awaitable[TenantClaim]]
 TenantHeader = Annotated[str | None, Header(alias=TENANT_HEADER)]
 
 
-def _request_tenant(request: Request, claim: TenantClaim, requested: str | None) -> TenantEntry:
-    lookup: TenantLookup = request.app.state.tenants
-    entry = resolve_tenant(claim.tenant_slug, claim.is_platform_admin, requested, lookup)
+def _request_tenant(tenancy: Tenancy, claim: TenantClaim, requested: str | None) -> TenantEntry:
+    entry = resolve_tenant(claim.tenant_slug, claim.is_platform_admin, requested, tenancy.registry)
     # Bound in an async dependency, the tenant is on every later log line of the request.
     structlog.contextvars.bind_contextvars(**{TENANT: entry.slug})
     return entry
@@ -45,17 +42,9 @@ def tenant_resolver(claim_dependency: ClaimDependency) -> Callable[..., Awaitabl
         claim: Annotated[TenantClaim, Depends(claim_dependency)],
         requested: TenantHeader = None,
     ) -> TenantEntry:
-        return _request_tenant(request, claim, requested)
+        return _request_tenant(TENANCY.of(request), claim, requested)
 
     return current_tenant
-
-
-@dataclass(frozen=True, slots=True)
-class TenantScope:
-    """The request's tenant and a session on that tenant's own database."""
-
-    tenant: TenantEntry
-    session: AsyncSession
 
 
 def tenant_scope_for(
@@ -75,10 +64,10 @@ def tenant_scope_for(
         claim: Annotated[TenantClaim, Depends(claim_dependency)],
         requested: TenantHeader = None,
     ) -> AsyncIterator[TenantScope]:
-        tenant = _request_tenant(request, claim, requested)
-        engines = (await get_resources(request)).tenant_engines
+        tenancy = TENANCY.of(request)
+        tenant = _request_tenant(tenancy, claim, requested)
         async with (
-            engines.lease(tenant) as sessions,
+            tenancy.engines.lease(tenant) as sessions,
             session_scope(sessions.for_method(request.method)) as session,
         ):
             yield TenantScope(tenant=tenant, session=session)

@@ -22,30 +22,20 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import event, make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    create_async_engine,
-)
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from service.core.config import DatabaseSettings, TenantSettings
 from service.core.errors import DomainError
 from service.core.logging import get_logger
-from service.db.engine import (
-    SessionFactories,
-    _sqlite_pragmas,
-    create_engine,
-    create_session_factories,
-)
+from service.db.engine import SessionFactories, create_engine, create_session_factories
+from service.tenants.metrics import TenantMetrics
+from service.tenants.registry import RegistryChanges
 from service.tenants.schemas import TenantEntry, TenantLookup
-
-if TYPE_CHECKING:
-    from service.tenants.metrics import TenantMetrics
-    from service.tenants.registry import RegistryChanges
 
 log = get_logger(__name__)
 RETRY_AFTER_SECONDS = 1
@@ -64,31 +54,17 @@ class TenantsBusy(DomainError):
 def create_tenant_engine(
     url: str, database: DatabaseSettings, tenants: TenantSettings
 ) -> AsyncEngine:
-    """A small pool on the tenant's own database URL; timeouts and pre-ping as the control
+    """A small pool on the tenant's own database URL: timeouts and pings as the control
     plane's, sizes from `TenantSettings`."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(
-            database.model_copy(
-                update={
-                    "url": SecretStr(url),
-                    "pool_size": tenants.engine_pool_size,
-                    "max_overflow": tenants.engine_max_overflow,
-                }
-            )
+    return create_engine(
+        database.model_copy(
+            update={
+                "url": SecretStr(url),
+                "pool_size": tenants.engine_pool_size,
+                "max_overflow": tenants.engine_max_overflow,
+            }
         )
-    # The shared factory leaves SQLite on SQLAlchemy's default pool (5 + 10): size it here so
-    # the bound holds locally too.
-    engine = create_async_engine(
-        parsed,
-        echo=database.echo,
-        hide_parameters=True,
-        pool_size=tenants.engine_pool_size,
-        max_overflow=tenants.engine_max_overflow,
-        pool_timeout=database.pool_timeout_seconds,
     )
-    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
 
 
 @dataclass(eq=False)
@@ -106,13 +82,14 @@ class _Slot:
 
 
 class TenantEngines:
-    """The bounded engine cache; `Resources.tenant_engines`."""
+    """The bounded engine cache (in the app: `Tenancy.engines`)."""
 
     def __init__(
         self,
         tenants: TenantSettings,
         database: DatabaseSettings,
         *,
+        metrics: TenantMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = tenants
@@ -124,13 +101,10 @@ class TenantEngines:
         self._waiters: list[asyncio.Future[None]] = []
         self._checked_out = 0
         self._closed = False
-        self._metrics: TenantMetrics | None = None
-
-    # -- observation -------------------------------------------------------------------
-
-    def attach_metrics(self, metrics: TenantMetrics) -> None:
         self._metrics = metrics
         self._observe()
+
+    # -- observation -------------------------------------------------------------------
 
     @property
     def open_engines(self) -> int:

@@ -1,23 +1,17 @@
-"""Tenant metrics, registered into the app's registry (`app.state.metrics.registry`).
+"""The tenants feature's metrics: its names, declared once (the rule: `service/core/metrics.py`).
 
-Names are defined here once; dashboards and alert rules take them from this module. They
-are aggregates on purpose: a label per tenant would grow without bound with the tenants.
+Registered into the app's registry (`Core.metrics.registry`) when the container is built.
+They are aggregates on purpose: a label per tenant would grow without bound with the tenants.
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.tenants.schemas import TenantEntry, TenantStatus
-
-if TYPE_CHECKING:
-    from service.tenants.engines import TenantEngines
-    from service.tenants.registry import TenantRegistry
 
 TENANT_ENGINES_OPEN = "berth_tenant_engines_open"
 TENANT_CONNECTIONS_CHECKED_OUT = "berth_tenant_connections_checked_out"
@@ -72,24 +66,3 @@ class TenantMetrics:
         for status in TenantStatus:
             self.registry_entries.labels(status=status.value).set(counts.get(status, 0))
         self.registry_invalid.set(invalid)
-
-
-_by_registry: WeakKeyDictionary[CollectorRegistry, TenantMetrics] = WeakKeyDictionary()
-
-
-def tenant_metrics(registry: CollectorRegistry) -> TenantMetrics:
-    """The tenant metrics of `registry`, created on first use: a lifespan that runs twice for
-    one app must not register the same names twice ("Duplicated timeseries")."""
-    metrics = _by_registry.get(registry)
-    if metrics is None:
-        metrics = _by_registry[registry] = TenantMetrics(registry)
-    return metrics
-
-
-def track_tenancy(
-    registry: CollectorRegistry, tenants: TenantRegistry, engines: TenantEngines
-) -> None:
-    """Report the tenant registry and engine cache in `registry` from now on."""
-    metrics = tenant_metrics(registry)
-    tenants.attach_metrics(metrics)
-    engines.attach_metrics(metrics)

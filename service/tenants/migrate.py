@@ -7,13 +7,9 @@ Migrations connect with the tenant's own role, so the tables belong to that role
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from service.db import migrate
-from service.db.migrate import MigrationHistory
+from service.db.migrate import TENANT_MIGRATIONS_DIR, MigrationHistory
 from service.tenants.schemas import TenantEntry
-
-TENANT_MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def tenant_lock_name(slug: str) -> str:

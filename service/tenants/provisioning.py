@@ -23,6 +23,7 @@ from sqlalchemy import make_url
 
 from service.core.config import TenantSettings
 from service.core.logging import get_logger
+from service.core.tenancy import is_valid_tenant_slug
 from service.tenants.migrate import upgrade_tenant
 from service.tenants.registry import (
     backend_of,
@@ -30,7 +31,7 @@ from service.tenants.registry import (
     remove_entry,
     write_entry,
 )
-from service.tenants.schemas import TenantEntry, TenantStatus, is_valid_slug
+from service.tenants.schemas import TenantEntry, TenantStatus
 
 log = get_logger(__name__)
 
@@ -55,7 +56,7 @@ class TenantNames:
 
 
 def tenant_names(slug: str) -> TenantNames:
-    if not is_valid_slug(slug):
+    if not is_valid_tenant_slug(slug):
         raise ProvisioningError(f"not a valid tenant slug: {slug!r}")
     name = NAME_PREFIX + slug.replace("-", "_")
     if not _NAME_PATTERN.fullmatch(name):

@@ -19,16 +19,14 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import ValidationError
 
 from service.core.logging import get_logger
-from service.tenants.schemas import ENTRY_SUFFIX, TenantEntry, is_valid_slug
-
-if TYPE_CHECKING:
-    from service.tenants.metrics import TenantMetrics
+from service.core.tenancy import is_valid_tenant_slug
+from service.tenants.metrics import TenantMetrics
+from service.tenants.schemas import ENTRY_SUFFIX, TenantEntry
 
 log = get_logger(__name__)
 
@@ -131,7 +129,7 @@ def load_file(path: Path) -> LoadedFile:
             data = handle.read(MAX_ENTRY_BYTES + 1)
     except OSError as exc:
         return LoadedFile(key=None, problem=f"unreadable ({type(exc).__name__})")
-    if not is_valid_slug(slug):
+    if not is_valid_tenant_slug(slug):
         return LoadedFile(key=key, problem="file name is not a valid tenant slug")
     if len(data) > MAX_ENTRY_BYTES:
         return LoadedFile(key=key, problem=f"larger than {MAX_ENTRY_BYTES} bytes")
@@ -172,17 +170,25 @@ def diff(before: Mapping[str, TenantEntry], after: Mapping[str, TenantEntry]) ->
 
 
 class TenantRegistry:
-    """Implements `TenantLookup` over a registry directory; `app.state.tenants`."""
+    """`TenantLookup` over a registry directory (in the app: `Tenancy.registry`).
 
-    def __init__(self, directory: Path) -> None:
+    It is also identity's `TenantDirectory`: the entries say whether a tenant takes new
+    users, is suspended or lets people sign up.
+    """
+
+    def __init__(self, directory: Path, metrics: TenantMetrics | None = None) -> None:
         self.directory = directory
-        self._metrics: TenantMetrics | None = None
+        self._metrics = metrics
         self._snapshot = Snapshot(fingerprint=None)
         self._watcher: asyncio.Task[None] | None = None
 
-    def attach_metrics(self, metrics: TenantMetrics) -> None:
-        self._metrics = metrics
-        self._observe()
+    @classmethod
+    def read(cls, directory: Path) -> TenantRegistry:
+        """A registry read once from `directory`, for a command: no watching, no metrics, and
+        only skipped entries are logged (a missing directory is no tenants yet)."""
+        registry = cls(directory)
+        registry._apply(scan(directory, registry._snapshot), announce=False)
+        return registry
 
     def _observe(self) -> None:
         if self._metrics is not None:
@@ -213,13 +219,19 @@ class TenantRegistry:
         """`refresh` with the file I/O in a thread, so a big registry never stalls requests."""
         return self._apply(await asyncio.to_thread(scan, self.directory, self._snapshot))
 
-    def _apply(self, snapshot: Snapshot | None) -> RegistryChanges:
+    def _apply(self, snapshot: Snapshot | None, *, announce: bool = True) -> RegistryChanges:
         if snapshot is None:
             return NO_CHANGES
         previous = self._snapshot
         self._snapshot = snapshot
-        self._log_scan(previous, snapshot)
+        self._log_scan(previous, snapshot, announce=announce)
         changes = diff(previous.entries, snapshot.entries)
+        if announce:
+            self._announce(previous, snapshot, changes)
+        self._observe()
+        return changes
+
+    def _announce(self, previous: Snapshot, snapshot: Snapshot, changes: RegistryChanges) -> None:
         if previous.fingerprint is None:
             log.info(
                 "tenant_registry_loaded", directory=str(self.directory), tenants=len(changes.added)
@@ -232,13 +244,12 @@ class TenantRegistry:
                 changed=sorted(changes.changed),
                 tenants=len(snapshot.entries),
             )
-        self._observe()
-        return changes
 
-    def _log_scan(self, previous: Snapshot, snapshot: Snapshot) -> None:
+    def _log_scan(self, previous: Snapshot, snapshot: Snapshot, *, announce: bool) -> None:
         assert snapshot.fingerprint is not None
         if not snapshot.fingerprint.present:
-            if previous.fingerprint is None or previous.fingerprint.present:
+            # For a command, no directory yet just means no tenants yet.
+            if announce and (previous.fingerprint is None or previous.fingerprint.present):
                 log.warning("tenant_registry_missing", directory=str(self.directory))
             return
         for name in sorted(snapshot.fresh):
@@ -283,7 +294,7 @@ def entry_json(entry: TenantEntry) -> bytes:
 
 
 def entry_path(directory: Path, slug: str) -> Path:
-    if not is_valid_slug(slug):
+    if not is_valid_tenant_slug(slug):
         raise ValueError("not a valid tenant slug")
     return directory / f"{slug}{ENTRY_SUFFIX}"
 
@@ -316,13 +327,6 @@ def remove_entry(directory: Path, slug: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def read_entries(directory: Path) -> tuple[list[TenantEntry], dict[str, str]]:
-    """One read of the directory: valid entries by slug and skipped files with reasons."""
-    registry = TenantRegistry(directory)
-    registry.refresh()
-    return registry.entries(), registry.problems()
 
 
 def backend_of(entry: TenantEntry) -> str:

@@ -6,15 +6,13 @@ them. This model is the single definition of the format.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
-from typing import Annotated, Protocol
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-# DNS-label-like: safe as a file name, a Secret key, a PostgreSQL identifier part and a URL part.
-SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
-TenantSlug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+from service.core.tenancy import TenantSlug
+
 ENTRY_SUFFIX = ".json"
 
 
@@ -44,9 +42,14 @@ class TenantEntry(BaseModel):
     def is_serving(self) -> bool:
         return self.status is TenantStatus.READY
 
+    @property
+    def is_suspended(self) -> bool:
+        return self.status is TenantStatus.SUSPENDED
 
-def is_valid_slug(value: str) -> bool:
-    return re.fullmatch(SLUG_PATTERN, value) is not None
+    @property
+    def accepts_new_users(self) -> bool:
+        """Users may be added while it is provisioned, served or suspended, not deleted."""
+        return self.status is not TenantStatus.DELETING
 
 
 class TenantLookup(Protocol):

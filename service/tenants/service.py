@@ -8,20 +8,20 @@ the tenant exists, so the answer never reveals another tenant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-from service.core.errors import BadRequest, Forbidden, NotFound
-from service.tenants.schemas import TenantEntry, TenantLookup, TenantStatus, is_valid_slug
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.core.errors import BadRequest, NotFound
+from service.core.tenancy import TenantSuspended, is_valid_tenant_slug
+from service.tenants.schemas import TenantEntry, TenantLookup
 
 TENANT_HEADER = "X-Tenant-ID"
 
 
 class UnknownTenant(NotFound):
     message = "Unknown tenant"
-
-
-class TenantSuspended(Forbidden):
-    message = "This tenant is suspended"
 
 
 class TenantRequired(BadRequest):
@@ -66,11 +66,19 @@ def resolve_tenant(
     `provisioning`, `deleting`, removed and unknown tenants are 404 "Unknown tenant".
     """
     slug = requested_slug(token_tenant, is_platform_admin, requested)
-    entry = lookup.get(slug) if is_valid_slug(slug) else None
+    entry = lookup.get(slug) if is_valid_tenant_slug(slug) else None
     if entry is None:
         raise UnknownTenant()
-    if entry.status is TenantStatus.SUSPENDED:
+    if entry.is_suspended:
         raise TenantSuspended()
     if not entry.is_serving:
         raise UnknownTenant()
     return entry
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """The request's tenant and a session on that tenant's own database."""
+
+    tenant: TenantEntry
+    session: AsyncSession

@@ -3,6 +3,7 @@
     python -m tests.bench.run                    # 5 interleaved rounds of 5 s per target
     python -m tests.bench.run --quick            # 1 round of 2 s (CI smoke)
     python -m tests.bench.run --rounds 7 --duration 10 --connections 128 --targets a,b
+    python -m tests.bench.run --baseline /tmp/berth-main   # also berth from another checkout
 
 Method (see docs/benchmarks.md): every server is one uvicorn process (uvloop, httptools, no
 uvicorn access log) pinned to CPU 0; wrk is pinned to CPU 1 and only ever talks to 127.0.0.1.
@@ -12,15 +13,20 @@ written to `bench-results/latest.json`. The exit code is 0 whether or not a rati
 met: this is a measurement, not a test; a missed target is printed as MISSED.
 
 Targets c-h run on a throwaway PostgreSQL control plane and tenant (tests/bench/tenant.py),
-created at the start of the run and dropped at the end. Adding a target: append a `Target` to
-`TARGETS` and, if it has a goal, a `Ratio` to `RATIOS`; see "Adding targets" in
-docs/benchmarks.md.
+created at the start of the run and dropped at the end. `--baseline TREE` adds, for each berth
+target that is not a stall check, a twin served from another checkout of berth (its own
+`.venv`, e.g. the last commit in a git worktree) on the same fixture, interleaved in the same
+rounds, and prints each target over its twin: a before/after measured side by side.
+
+Adding a target: append a `Target` to `TARGETS` and, if it has a goal, a `Ratio` to `RATIOS`;
+see "Adding targets" in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -74,6 +80,9 @@ class ServerSpec:
     setup: list[list[str]] = field(default_factory=list)
 
 
+BASELINE_SUFFIX = "0"  # target "c" measured on the baseline tree is "c0"
+
+
 @dataclass(frozen=True)
 class ServerContext:
     python: str
@@ -122,11 +131,13 @@ class Ratio:
     name: str
     numerator: str
     denominator: str
-    bound: float
+    bound: float | None  # None: reported, no goal (a before/after comparison)
     metric: str = "requests_per_second"
     at_most: bool = False
 
     def met(self, value: float) -> bool:
+        if self.bound is None:
+            return True
         return value <= self.bound if self.at_most else value >= self.bound
 
 
@@ -193,6 +204,40 @@ def berth_postgres(name: str, *, cache: bool) -> Server:
         return prepare_server(base_url, ctx.require_tenant())
 
     return Server(name, build, BERTH_READY_PATH, prepare=prepare, needs_tenant=True)
+
+
+def on_tree(server: Server, tree: Path) -> Server:
+    """`server` run from another checkout of berth: its own virtualenv and source tree."""
+    python = tree / ".venv" / "bin" / "python"
+    if not python.is_file():
+        raise BenchError(f"--baseline {tree}: no {python} (run `make install` there first)")
+
+    def build(ctx: ServerContext) -> ServerSpec:
+        spec = server.build(dataclasses.replace(ctx, python=str(python)))
+        return dataclasses.replace(spec, env={**spec.env, "PYTHONPATH": str(tree)})
+
+    return dataclasses.replace(server, name=f"{server.name}-baseline", build=build)
+
+
+def with_baseline(targets: Sequence[Target], tree: Path) -> tuple[list[Target], list[Ratio]]:
+    """Each berth target (stall checks aside) followed by its twin on `tree`, and the ratio
+    of the two; one baseline server per berth server."""
+    twins: dict[str, Server] = {}
+    selected: list[Target] = []
+    ratios: list[Ratio] = []
+    for target in targets:
+        selected.append(target)
+        if not target.server.name.startswith("berth") or target.must_not_stall:
+            continue
+        server = twins.setdefault(target.server.name, on_tree(target.server, tree))
+        twin = f"{target.name}{BASELINE_SUFFIX}"
+        description = f"{target.description} [baseline]"
+        selected.append(dataclasses.replace(target, name=twin, description=description,
+                                            server=server))  # fmt: skip
+        ratios.append(Ratio(f"{target.name}/{twin}", target.name, twin, bound=None))
+        ratios.append(Ratio(f"{target.name}/{twin} p99", target.name, twin, bound=None,
+                            metric="p99_ms"))  # fmt: skip
+    return selected, ratios
 
 
 def build_reference_db(ctx: ServerContext) -> ServerSpec:
@@ -558,6 +603,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (CI smoke)")
     parser.add_argument("--targets", help="comma-separated target names (default: all)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="results JSON path")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="another checkout of berth (with its .venv) to measure side by side",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
@@ -605,9 +656,11 @@ def median_of(runs: Sequence[WrkResult]) -> dict[str, float]:
     }
 
 
-def evaluate_ratios(medians: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+def evaluate_ratios(
+    medians: Mapping[str, Mapping[str, float]], extra: Sequence[Ratio] = ()
+) -> list[dict[str, Any]]:
     results = []
-    for ratio in RATIOS:
+    for ratio in [*RATIOS, *extra]:
         if ratio.numerator not in medians or ratio.denominator not in medians:
             continue
         value = medians[ratio.numerator][ratio.metric] / medians[ratio.denominator][ratio.metric]
@@ -671,6 +724,9 @@ def print_table(
     for ratio in ratios:
         verdict = "met" if ratio["met"] else "MISSED"
         unit = "req/s" if ratio["metric"] == "requests_per_second" else ratio["metric"]
+        if ratio["bound"] is None:
+            print(f"ratio {ratio['name']} ({unit}) = {ratio['value']:.3f}", file=out)
+            continue
         bound = f"{'<=' if ratio['at_most'] else '>='} {ratio['bound']:.2f}"
         print(
             f"ratio {ratio['name']} ({unit}) = {ratio['value']:.3f}   target {bound}   {verdict}",
@@ -685,10 +741,10 @@ def print_table(
         )
 
 
-def git_commit() -> str | None:
+def git_commit(tree: Path) -> str | None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+            ["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True,
             timeout=5, check=False,
         )  # fmt: skip
         if result.returncode == 0:
@@ -706,6 +762,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     check_machine()
     wrk = ensure_wrk()
     targets = select_targets(args.targets)
+    comparisons: list[Ratio] = []
+    if args.baseline is not None:
+        targets, comparisons = with_baseline(targets, args.baseline.resolve())
     servers = list({t.server.name: t.server for t in targets}.values())
     runs: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
     print(
@@ -735,12 +794,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
         output_lines = {name: s.output_lines() for name, s in started.items()}
     medians = {name: median_of(results) for name, results in runs.items()}
-    ratios = evaluate_ratios(medians)
+    ratios = evaluate_ratios(medians, comparisons)
     stalls = evaluate_stalls(targets, runs)
     print_table(targets, medians, ratios, stalls)
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(REPO_ROOT),
+        "baseline": (
+            {"tree": str(args.baseline), "git_commit": git_commit(args.baseline)}
+            if args.baseline is not None
+            else None
+        ),
         "python": platform.python_version(),
         "wrk": wrk_version(wrk),
         "settings": {

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import own_redis_database
+
 ADMIN_URL_ENV = "BENCH_POSTGRES_ADMIN_URL"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ARTICLE_SLUG = "bench-article"  # the row that targets c, d and e fetch
@@ -96,7 +98,16 @@ def _tenant_dsn(registry_dir: Path, slug: str) -> str:
 
 @contextlib.contextmanager
 def bench_tenant(workdir: Path, python: str, base_env: Mapping[str, str]) -> Iterator[BenchTenant]:
-    """Create the control plane, the tenant and its owner; drop them all on exit."""
+    """Create the control plane, the tenant, its owner and a Redis database of the run's own;
+    drop them all on exit."""
+    redis_base = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    with own_redis_database(redis_base) as redis_url:
+        yield from _bench_tenant(workdir, python, base_env, redis_url)
+
+
+def _bench_tenant(
+    workdir: Path, python: str, base_env: Mapping[str, str], redis_url: str
+) -> Iterator[BenchTenant]:
     admin_url = _admin_url()
     suffix = secrets.token_hex(4)
     control_db = f"berth_bench_{suffix}"
@@ -106,7 +117,7 @@ def bench_tenant(workdir: Path, python: str, base_env: Mapping[str, str]) -> Ite
     env = {
         "BERTH_DATABASE__URL": _database_url(admin_url, control_db, "postgresql+asyncpg"),
         "BERTH_TENANTS__REGISTRY_DIR": str(registry_dir),
-        "BERTH_REDIS__URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "BERTH_REDIS__URL": redis_url,
         "BERTH_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "BERTH_AUTH__ACCESS_TOKEN_TTL_SECONDS": str(ACCESS_TOKEN_TTL_SECONDS),
     }

@@ -6,6 +6,8 @@ prints, which a wrong comparison would silently turn into "met".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.bench import run
@@ -99,3 +101,48 @@ def test_a_clean_stall_check_is_met() -> None:
     [verdict] = evaluate_stalls([checked], {"h": [result(), result()]})
 
     assert verdict["met"] is True
+
+
+def test_a_baseline_tree_twins_each_berth_target_but_not_references_or_stall_checks(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").write_text("")
+    chosen = [t for t in run.TARGETS if t.name in {"a", "b", "c", "g"}]
+
+    targets, ratios = run.with_baseline(chosen, tmp_path)
+
+    assert [t.name for t in targets] == ["a", "b", "b0", "c", "c0", "g"]
+    twin = {t.name: t for t in targets}["c0"]
+    assert (twin.server.name, twin.path) == ("berth-pg-nocache-baseline", run.ARTICLE)
+    assert [r.name for r in ratios] == ["b/b0", "b/b0 p99", "c/c0", "c/c0 p99"]
+    assert all(r.bound is None for r in ratios)
+
+
+def test_a_baseline_server_runs_the_other_trees_python_and_source(tmp_path: Path) -> None:
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    ctx = run.ServerContext(python="/usr/bin/python3", port=1, workdir=tmp_path, tenant=None)
+
+    spec = run.on_tree(run.BERTH, tmp_path).build(ctx)
+
+    assert spec.command[0] == str(python)
+    assert spec.setup == [[str(python), "-m", "service", "migrate"]]
+    assert spec.env["PYTHONPATH"] == str(tmp_path)
+
+
+def test_a_baseline_without_its_virtualenv_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(run.BenchError, match="make install"):
+        run.on_tree(run.BERTH, tmp_path)
+
+
+def test_a_comparison_without_a_goal_is_reported_and_never_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(run, "RATIOS", [])
+    comparison = Ratio("c/c0", "c", "c0", bound=None)
+
+    [verdict] = evaluate_ratios(medians(c=(900.0, 1.0), c0=(1000.0, 1.0)), [comparison])
+
+    assert (verdict["value"], verdict["met"], verdict["bound"]) == (0.9, True, None)

@@ -15,15 +15,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import make_url
 
 from service.core.config import Settings
-from service.core.dependencies import DbSession, RequireJson
+from service.core.dependencies import RequireJson
 from service.core.errors import ERROR_RESPONSES, NotFound, RateLimited
 from service.core.logging import get_logger
+from service.db.dependencies import DbSession
+from service.identity.models import User
 from service.main import create_app
 from service.tenants import provisioning
 from service.tenants.migrate import upgrade_tenant
-from service.tenants.registry import write_entry
+from service.tenants.registry import TenantRegistry, write_entry
 from service.tenants.schemas import TenantEntry, TenantStatus
-from service.users.models import User
 from tests.conftest import ClientFactory
 from tests.support import TcpRelay, relay
 
@@ -137,6 +138,26 @@ def registry_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "registry"
     directory.mkdir()
     return directory
+
+
+RegistryOf = Callable[..., TenantRegistry]
+
+
+@pytest.fixture
+def registry_of(tmp_path: Path) -> RegistryOf:
+    """`registry_of(*entries)`: a real registry directory holding exactly `entries`, read
+    once (a new directory on each call)."""
+    made: list[Path] = []
+
+    def factory(*entries: TenantEntry) -> TenantRegistry:
+        directory = tmp_path / f"registry-{len(made)}"
+        made.append(directory)
+        directory.mkdir()
+        for entry in entries:
+            write_entry(directory, entry)
+        return TenantRegistry.read(directory)
+
+    return factory
 
 
 @pytest.fixture(scope="session")

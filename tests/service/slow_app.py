@@ -12,8 +12,8 @@ import sys
 
 from fastapi import FastAPI
 
-from service.cli import load_settings, run_uvicorn, uvicorn_options
-from service.core.config import Settings
+from service.cli import run_uvicorn, uvicorn_options
+from service.core.config import Settings, load_settings
 from service.main import API_PREFIX, create_app
 
 SLOW_PATH = f"{API_PREFIX}/test/slow"

@@ -36,8 +36,10 @@ PRODUCTION = {
     "BERTH_DATABASE__URL": "postgresql+asyncpg://berth@db.internal:5432/berth",
     "BERTH_REDIS__URL": "redis://redis.internal:6379/0",
     "BERTH_AUTH__JWT_SECRET": SAFE_SECRET,
+    "BERTH_PAGINATION__CURSOR_SECRET": "c" * 48,
 }
 JWT = "BERTH_AUTH__JWT_SECRET"
+CURSOR = "BERTH_PAGINATION__CURSOR_SECRET"
 CORS = "BERTH_HTTP__CORS_ORIGINS"
 DOCS = "BERTH_HTTP__DOCS_ENABLED"
 DATABASE = "BERTH_DATABASE__URL"
@@ -96,7 +98,9 @@ UNSAFE_PRODUCTION = [
     pytest.param(production(**{DATABASE: DEFAULT_SQLITE_URL}), {DATABASE}, id="sqlite-url"),
     pytest.param(production(drop=(REDIS,)), {REDIS}, id="no-redis-url"),
     pytest.param(
-        {"BERTH_ENVIRONMENT": "production"}, {JWT, DATABASE, REDIS}, id="all-local-defaults"
+        {"BERTH_ENVIRONMENT": "production"},
+        {JWT, DATABASE, REDIS, CURSOR},
+        id="all-local-defaults",
     ),
 ]
 
@@ -169,8 +173,10 @@ async def test_serve_refuses_an_unsafe_production_config_without_binding_the_por
     assert await connection_refused(port)
 
 
-def test_check_config_show_masks_every_secret(tmp_path: Path) -> None:
-    """Real `python -m service check-config --show` with a JWT secret and passwords set."""
+def test_check_config_show_prints_json_alone_with_every_secret_masked(tmp_path: Path) -> None:
+    """Real `python -m service check-config --show` with secrets and passwords set: stdout is
+    one JSON document (parseable as is), the verdict goes to stderr, URLs keep all but their
+    password."""
     db_password = "db-pass-5f1c9e"
     redis_password = "redis-pass-8a2d41"
     secret = "jwt-secret-" + "q" * 40
@@ -188,13 +194,25 @@ def test_check_config_show_masks_every_secret(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     for value in (secret, db_password, redis_password):
         assert value not in output
-    document, status = result.stdout.rstrip().rsplit("\n", 1)
-    shown = json.loads(document)
-    assert status == "configuration ok (environment=production)"
+    shown = json.loads(result.stdout)
+    assert result.stderr.strip() == "configuration ok (environment=production)"
     assert shown["environment"] == "production"
     assert shown["auth"]["jwt_secret"] == "**********"
-    assert shown["database"]["url"] == "**********"
-    assert shown["redis"]["url"] == "**********"
+    assert shown["pagination"]["cursor_secret"] == "**********"
+    assert shown["database"]["url"] == "postgresql+asyncpg://berth:***@db.internal:5432/berth"
+    assert shown["redis"]["url"] == "redis://:***@redis.internal:6379/0"
+    assert shown["redis"]["required"] is True
+
+
+def test_check_config_show_says_what_local_mode_really_uses(tmp_path: Path) -> None:
+    """Nothing configured: a SQLite URL holds no secret and is shown as is, and without a
+    Redis URL nothing waits for Redis, so `required` is false."""
+    result = run_cli("check-config", "--show", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["database"]["url"] == DEFAULT_SQLITE_URL
+    assert shown["redis"] == {**shown["redis"], "url": None, "required": False}
 
 
 def assert_openapi_document(text: str) -> dict[str, object]:

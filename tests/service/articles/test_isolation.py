@@ -18,8 +18,8 @@ from service.main import create_app
 from service.tenants.registry import write_entry
 from tests.conftest import ClientFactory
 from tests.service.articles.conftest import ARTICLES, ArticlesApi
-from tests.service.auth.helpers import query
 from tests.service.conftest import ProvisionFactory
+from tests.service.identity.helpers import query
 from tests.support import identity_groups
 
 ROUTES_PROBED = {

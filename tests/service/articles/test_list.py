@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from tests.service.articles.conftest import ARTICLES, ArticlesApi
+from service.articles.schemas import ArticleFilters
+from service.core.config import DEFAULT_JWT_SECRET
+from service.core.pagination import CursorSigner
+from tests.service.articles.conftest import ARTICLES, ArticlesApi, ArticlesApiFactory
+from tests.service.identity.helpers import write_key_pair
 from tests.support import assert_envelope
 
 
@@ -99,6 +105,64 @@ async def test_a_cursor_replayed_with_other_filters_is_a_400(api: ArticlesApi) -
     )
 
     assert_envelope(response, 400, "BadRequest", ARTICLES)
+
+
+async def test_a_cursor_from_another_tenant_is_a_400_even_with_the_same_filters(
+    api: ArticlesApi,
+) -> None:
+    """A platform admin lists acme, then presents acme's cursor while listing beta."""
+    admin = await api.user(role="platform_admin", tenant=None)
+    for tenant in ("acme", "beta"):
+        await seed(api, {**admin, "X-Tenant-ID": tenant}, 3)
+    first = await api.client.get(
+        ARTICLES, params={"limit": 1}, headers={**admin, "X-Tenant-ID": "acme"}
+    )
+    cursor = first.json()["next_cursor"]
+
+    in_beta = await api.client.get(
+        ARTICLES, params={"limit": 1, "cursor": cursor}, headers={**admin, "X-Tenant-ID": "beta"}
+    )
+    in_acme = await api.client.get(
+        ARTICLES, params={"limit": 1, "cursor": cursor}, headers={**admin, "X-Tenant-ID": "acme"}
+    )
+
+    assert_envelope(in_beta, 400, "BadRequest", ARTICLES)
+    assert in_acme.status_code == 200
+
+
+async def test_cursors_are_signed_with_the_cursor_secret_not_the_public_token_default(
+    articles_api_for: ArticlesApiFactory, tmp_path: Path
+) -> None:
+    """With EdDSA tokens the JWT secret is never set and stays the published default: a
+    cursor signed with it (as cursors were) is refused; one signed with the configured
+    cursor secret goes on."""
+    private, public = write_key_pair(tmp_path, "EdDSA")
+    cursor_secret = secrets.token_urlsafe(32)
+    api = await articles_api_for(
+        auth={
+            "jwt_algorithm": "EdDSA",
+            "jwt_private_key_file": str(private),
+            "jwt_public_key_file": str(public),
+        },
+        pagination={"cursor_secret": cursor_secret},
+    )
+    author = await api.user()
+    await seed(api, author, 3)
+    issued = (await api.client.get(ARTICLES, params={"limit": 1}, headers=author)).json()
+    position = CursorSigner(cursor_secret.encode(), "articles").decode(
+        issued["next_cursor"], scope=f"acme|{ArticleFilters().model_dump_json()}"
+    )
+    forged = CursorSigner(DEFAULT_JWT_SECRET.encode(), "articles").encode(
+        position, scope=f"acme|{ArticleFilters().model_dump_json()}"
+    )
+
+    refused = await api.client.get(ARTICLES, params={"cursor": forged}, headers=author)
+    followed = await api.client.get(
+        ARTICLES, params={"cursor": issued["next_cursor"]}, headers=author
+    )
+
+    assert_envelope(refused, 400, "BadRequest", ARTICLES)
+    assert [item["title"] for item in followed.json()["items"]] == ["Article 001", "Article 002"]
 
 
 @pytest.fixture

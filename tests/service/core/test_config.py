@@ -21,6 +21,7 @@ SAFE_PRODUCTION = {
     "database": {"url": "postgresql+asyncpg://berth:pw@db:5432/berth"},
     "redis": {"url": "redis://redis:6379/0"},
     "auth": {"jwt_secret": STRONG_SECRET},
+    "pagination": {"cursor_secret": "c" * 48},
 }
 
 
@@ -81,14 +82,18 @@ def test_safe_production_settings_pass() -> None:
         ({"auth": {"jwt_secret": "berth-local-development-secret-do-not-use"}},
          "BERTH_AUTH__JWT_SECRET"),
         ({"auth": {"jwt_secret": "short-but-not-default"}}, "BERTH_AUTH__JWT_SECRET"),
+        ({"pagination": {"cursor_secret": "berth-local-cursor-secret-do-not-use"}},
+         "BERTH_PAGINATION__CURSOR_SECRET"),
+        ({"pagination": {"cursor_secret": "short-cursor-secret"}},
+         "BERTH_PAGINATION__CURSOR_SECRET"),
         ({"http": {"cors_origins": ["*"], "cors_allow_credentials": True}},
          "BERTH_HTTP__CORS_ORIGINS"),
         ({"http": {"docs_enabled": True}}, "BERTH_HTTP__DOCS_ENABLED"),
         ({"database": {"url": "sqlite+aiosqlite:///./data/berth.db"}}, "BERTH_DATABASE__URL"),
         ({"redis": {"url": None}}, "BERTH_REDIS__URL"),
     ],
-    ids=["default-secret", "short-secret", "cors-star-credentials", "docs-on", "sqlite",
-         "no-redis"],
+    ids=["default-secret", "short-secret", "default-cursor-secret", "short-cursor-secret",
+         "cors-star-credentials", "docs-on", "sqlite", "no-redis"],
 )  # fmt: skip
 def test_production_refuses_unsafe_settings_naming_the_variable(
     overrides: dict[str, dict[str, object]], variable: str

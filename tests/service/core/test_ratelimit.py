@@ -28,13 +28,23 @@ from service.core.ratelimit import (
     MemoryGcra,
     Rate,
     RateLimiter,
-    account_identity,
     parse_rate,
 )
+from service.core.store import MemoryStore
+from service.identity.emails import email_hash
 from service.main import create_app
 from tests.conftest import IdentityAppFactory
-from tests.service.auth.helpers import LOGIN, REFRESH, REGISTER, USERS, entry
-from tests.support import KnownUser, StaticLookup, TcpRelay, assert_envelope, bearer, create_user
+from tests.service.identity.helpers import LOGIN, REFRESH, REGISTER, USERS
+from tests.support import (
+    KnownUser,
+    TcpRelay,
+    assert_envelope,
+    bearer,
+    create_user,
+    redis_url_with,
+    set_tenants,
+)
+from tests.support import tenant_entry as entry
 
 GENEROUS = "1000/minute"
 ALL_GENEROUS = {
@@ -232,11 +242,10 @@ async def test_the_limit_recovers_after_its_interval(
 async def test_register_and_refresh_are_limited_per_ip(
     identity_app: IdentityAppFactory, pg_database: str, backend: dict[str, Any], peers: Peers
 ) -> None:
-    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     app = await limited_app(
         identity_app, pg_database, backend, register_per_ip="2/hour", refresh_per_ip="2/minute"
     )
-    app.state.tenants = StaticLookup(entry("open-co", self_signup=True))
+    set_tenants(app, entry("open-co", self_signup=True))
     client = peers(app, random_ip())
 
     def signup() -> dict[str, str]:
@@ -259,9 +268,8 @@ async def test_register_and_refresh_are_limited_per_ip(
 async def test_writes_are_limited_per_principal(
     identity_app: IdentityAppFactory, pg_database: str, backend: dict[str, Any], peers: Peers
 ) -> None:
-    """The tenant registry is StaticLookup, a stand-in for the directory registry."""
     app = await limited_app(identity_app, pg_database, backend, writes_per_principal="2/minute")
-    app.state.tenants = StaticLookup(entry("acme"))
+    set_tenants(app, entry("acme"))
     client = peers(app, random_ip())
     owner, other_owner = await create_user(app, role="owner"), await create_user(app, role="owner")
 
@@ -329,7 +337,7 @@ async def test_redis_keys_are_prefixed_name_no_address_and_expire(
 
     redis = Redis.from_url(redis_server)
     try:
-        account_key = f"{KEY_PREFIX}login_per_account:{account_identity(email)}"
+        account_key = f"{KEY_PREFIX}login_per_account:{email_hash(email)}"
         ip_key = f"{KEY_PREFIX}login_per_ip:{ip}"
         assert 0 < await redis.pttl(account_key) <= 12_000  # one interval of 5/minute
         assert 0 < await redis.pttl(ip_key) <= 60
@@ -348,7 +356,7 @@ async def test_a_redis_outage_does_not_turn_logins_into_500s(
     relay = TcpRelay(target.host, target.port or 6379)
     await relay.start()
     try:
-        backend = {"redis": {"url": f"redis://127.0.0.1:{relay.port}/0"}}
+        backend = {"redis": {"url": redis_url_with(redis_server, port=relay.port)}}
         app = await limited_app(identity_app, pg_database, backend, login_per_ip="1/minute")
         user = await create_user(app)
         await relay.stop()
@@ -407,7 +415,7 @@ def request_from(peer: str, forwarded: list[str] | None = None) -> Request:
 def test_the_client_ip_is_the_right_most_untrusted_hop(
     trusted: list[str], peer: str, forwarded: list[str], client: str
 ) -> None:
-    limiter = RateLimiter(RateLimitSettings(trusted_proxies=trusted))
+    limiter = RateLimiter(RateLimitSettings(trusted_proxies=trusted), MemoryStore(10))
 
     assert limiter.client_ip(request_from(peer, forwarded)) == client
 

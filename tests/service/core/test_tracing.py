@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 from fastapi import FastAPI
 
+from service.container import container_of
 from tests.conftest import ClientFactory
 from tests.support import OtlpReceiver, json_lines
 
@@ -47,7 +48,7 @@ async def test_spans_are_exported_over_otlp_and_logs_carry_trace_ids(
         await client.post("/api/v1/test/users", params={"email": "t@example.com", "outcome": "ok"})
         access_lines = json_lines(capsys.readouterr().out)
         await client.get("/api/v1/health/ready")  # pings Redis
-        app.state.resources.on_close[-1]()  # shut the provider down: flushes the batch
+        container_of(app).on_close[-1]()  # shut the provider down: flushes the batch
 
     assert has_otel_middleware(app)
     names = {span.name for span in receiver.spans}

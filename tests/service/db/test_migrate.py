@@ -29,8 +29,7 @@ from sqlalchemy import (
 )
 
 from service.db import migrate
-from service.db.base import NAMING_CONVENTION
-from service.db.models import Base
+from service.db.base import NAMING_CONVENTION, Base
 from tests.conftest import SpawnFactory
 from tests.support import (
     PG_CONSTRAINT_KINDS,

@@ -17,7 +17,7 @@ from sqlalchemy import Executable, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from service.core.config import DatabaseSettings
-from service.core.dependencies import DbSession
+from service.db.dependencies import DbSession
 from service.db.engine import (
     ReadOnlySession,
     ReadOnlySessionError,
@@ -27,7 +27,7 @@ from service.db.engine import (
     create_session_factories,
     session_scope,
 )
-from service.users.models import User
+from service.identity.models import User
 from tests.conftest import ClientFactory
 from tests.service.conftest import unique_email
 

@@ -10,17 +10,17 @@ import pytest
 from sqlalchemy import make_url
 
 from service.core.config import Settings
-from service.core.resources import StartupError
+from service.core.startup import StartupError
 from service.main import create_app
 from tests.conftest import ClientFactory
-from tests.support import TcpRelay, free_port, relay
+from tests.support import TcpRelay, free_port, redis_url_with, relay
 
 
 @pytest.fixture
 async def redis_relay(redis_server: str) -> AsyncIterator[tuple[TcpRelay, str]]:
     url = make_url(redis_server)
     async with relay(url.host or "127.0.0.1", url.port or 6379) as proxy:
-        yield proxy, f"redis://127.0.0.1:{proxy.port}/0"
+        yield proxy, redis_url_with(redis_server, port=proxy.port)
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ async def test_ready_reports_each_check_with_latency(relayed_client) -> None:
 
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+    assert response.json()["checked_at"].endswith("Z")  # berth's one timestamp format
     checks = checks_of(response)
     assert set(checks) == {"database", "redis"}
     assert all(c["status"] == "ok" and c["latency_ms"] >= 0 for c in checks.values())

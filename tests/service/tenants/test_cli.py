@@ -40,6 +40,12 @@ def events(run: Spawned, name: str) -> list[dict[str, object]]:
     return [event for event in run.events() if event.get("event") == name]
 
 
+def alembic_setup_lines(run: Spawned) -> list[str]:
+    """Lines Alembic logs about itself on every run (its plugins, the dialect it picked)."""
+    setup = ("setup plugin ", "Context impl ", "Will assume ")
+    return [str(e["event"]) for e in run.events() if str(e["event"]).startswith(setup)]
+
+
 def table_rows(run: Spawned) -> list[list[str]]:
     """The `tenants list` table (stdout lines that are not JSON log lines)."""
     return [line.split() for line in run.stdout().splitlines() if not line.startswith("{")]
@@ -90,6 +96,8 @@ async def test_sqlite_tenants_are_created_listed_migrated_and_deleted(
     applied = events(migrate, "tenant_migrations_applied")
     assert [(e["tenant"], e["revision"]) for e in applied] == [("acme", "0001"), ("beta", "0001")]
     assert sqlite_version(dbs / "beta.db") == ["0001"]
+    assert alembic_setup_lines(migrate) == []  # what ran is logged, Alembic's set-up is not
+    assert any("Running upgrade  -> 0001" in str(e["event"]) for e in migrate.events())
 
     delete, unknown = await run_all(
         spawn, env, ["tenants", "delete", "acme", "--drop"], ["migrate", "--tenant", "nobody"]

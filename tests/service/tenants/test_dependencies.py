@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from service.articles.models import Article
+from service.container import container_of
 from service.core.config import Settings
 from service.core.errors import ERROR_RESPONSES
 from service.core.logging import get_logger
@@ -125,8 +126,7 @@ def as_member(tenant: str, **headers: str) -> dict[str, str]:
 
 
 def engines_of(app: FastAPI) -> TenantEngines:
-    engines: TenantEngines = app.state.resources.tenant_engines
-    return engines
+    return container_of(app).tenancy.engines
 
 
 async def test_a_member_acts_on_the_token_tenant(tenant_client: httpx.AsyncClient) -> None:
@@ -198,7 +198,7 @@ async def test_a_removed_tenant_is_404_and_its_engine_disposed_without_a_restart
     path = "/api/v1/test/tenant/articles"
     assert (await tenant_client.get(path, headers=as_member("beta"))).status_code == 200
     engines = engines_of(tenant_app)
-    assert tenant_app.state.tenants.get("beta") is not None  # the TenantLookup other code reads
+    assert container_of(tenant_app).tenancy.registry.get("beta") is not None
     assert "beta" in engines.cached_slugs()
 
     remove_entry(registry_dir, "beta")

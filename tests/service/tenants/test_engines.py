@@ -34,8 +34,9 @@ from service.tenants.metrics import (
     TenantMetrics,
 )
 from service.tenants.schemas import TenantEntry
+from tests.service.conftest import RegistryOf
 from tests.service.tenants.conftest import ProvisionFactory, SqliteTenants
-from tests.support import PG_ADMIN_URL, StaticLookup, asyncpg_dsn
+from tests.support import PG_ADMIN_URL, asyncpg_dsn
 
 session_of = session_scope
 
@@ -43,6 +44,7 @@ session_of = session_scope
 def engines_with(
     clock: list[float] | None = None,
     database: DatabaseSettings | None = None,
+    metrics: TenantMetrics | None = None,
     **settings: object,
 ) -> TenantEngines:
     tenant_settings = TenantSettings.model_validate(
@@ -50,8 +52,8 @@ def engines_with(
     )
     database = database or DatabaseSettings()
     if clock is None:
-        return TenantEngines(tenant_settings, database)
-    return TenantEngines(tenant_settings, database, clock=lambda: clock[0])
+        return TenantEngines(tenant_settings, database, metrics=metrics)
+    return TenantEngines(tenant_settings, database, metrics=metrics, clock=lambda: clock[0])
 
 
 @asynccontextmanager
@@ -82,9 +84,8 @@ async def test_fifty_sqlite_tenants_never_hold_more_than_the_cache_size_of_engin
     """50 tenants, cache size 4, pools of 1 + 1 overflow, 250 sessions at once: at most 4
     engines and 8 connections are ever open, and every row lands in its own tenant's file."""
     tenants = sqlite_tenants(*(f"tenant-{n:02d}" for n in range(50)), register=False)
-    engines = engines_with(engine_cache_size=4)
     metrics = TenantMetrics(CollectorRegistry())
-    engines.attach_metrics(metrics)
+    engines = engines_with(engine_cache_size=4, metrics=metrics)
     rng = random.Random(7)
     plan = [rng.choice(tenants) for _ in range(250)]
     peaks = {"engines": 0, "connections": 0}
@@ -191,18 +192,17 @@ async def test_when_no_slot_frees_up_in_time_the_answer_is_503_retry_after(
 
 
 async def test_a_removed_tenant_engine_is_disposed_once_its_in_flight_session_ends(
-    sqlite_tenants: SqliteTenants,
+    sqlite_tenants: SqliteTenants, registry_of: RegistryOf
 ) -> None:
     """The registry drops acme while a session is mid-transaction: the session keeps its
     connection and commits; the engine is disposed when the session is over."""
     acme, beta = sqlite_tenants("acme", "beta", register=False)
-    engines = engines_with(engine_cache_size=4)
     metrics = TenantMetrics(CollectorRegistry())
-    engines.attach_metrics(metrics)
+    engines = engines_with(engine_cache_size=4, metrics=metrics)
     try:
         async with tenant_session(engines, acme) as session:
             await add_article(session, "before-removal")
-            await engines.reconcile(StaticLookup(beta))  # acme is gone from the registry
+            await engines.reconcile(registry_of(beta))  # acme is gone from the registry
 
             assert engines.cached_slugs() == []
             assert engines.open_engines == 1  # retired, still finishing this session
@@ -271,8 +271,7 @@ async def test_metrics_count_open_engines_checked_out_connections_and_evictions(
 ) -> None:
     acme, beta, gamma = sqlite_tenants("acme", "beta", "gamma", register=False)
     registry = CollectorRegistry()
-    engines = engines_with(engine_cache_size=2)
-    engines.attach_metrics(TenantMetrics(registry))
+    engines = engines_with(engine_cache_size=2, metrics=TenantMetrics(registry))
     try:
         async with tenant_session(engines, acme) as a, tenant_session(engines, beta) as b:
             await a.execute(text("SELECT 1"))
@@ -456,7 +455,7 @@ async def test_a_lease_returned_and_asked_again_at_once_does_not_jump_the_queue(
 
 
 async def test_a_waiter_gives_up_after_pool_timeout_with_a_503(
-    sqlite_tenants: SqliteTenants,
+    sqlite_tenants: SqliteTenants, registry_of: RegistryOf
 ) -> None:
     [acme] = sqlite_tenants("acme", register=False)
     database = DatabaseSettings(pool_timeout_seconds=0.2)
@@ -471,7 +470,7 @@ async def test_a_waiter_gives_up_after_pool_timeout_with_a_503(
             waited = loop.time() - started_at
         async with tenant_session(engines, acme) as session:  # the permit is free again
             await session.execute(text("SELECT 1"))
-        await engines.reconcile(StaticLookup())  # no lease left behind: disposed at once
+        await engines.reconcile(registry_of())  # no lease left behind: disposed at once
         assert engines.open_engines == 0
     finally:
         await engines.close()
@@ -482,7 +481,7 @@ async def test_a_waiter_gives_up_after_pool_timeout_with_a_503(
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_without_taking_a_permit(
-    sqlite_tenants: SqliteTenants,
+    sqlite_tenants: SqliteTenants, registry_of: RegistryOf
 ) -> None:
     """A request cancelled while queued (client gone) gives up its place; the next waiter
     gets the permit and the engine keeps no lease for it."""
@@ -503,7 +502,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_without_taking_a_permit(
         await asyncio.wait_for(patient, timeout=5)
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        await engines.reconcile(StaticLookup())
+        await engines.reconcile(registry_of())
         assert engines.open_engines == 0
     finally:
         await engines.close()

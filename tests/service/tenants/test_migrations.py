@@ -19,14 +19,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
 from service.db import migrate
-from service.db.models import Base
+from service.db.base import Base, TenantBase
 from service.tenants.migrate import (
     downgrade_tenant,
     tenant_head,
     tenant_lock_name,
     upgrade_tenant,
 )
-from service.tenants.models import TenantBase
 from service.tenants.registry import write_entry
 from tests.conftest import SpawnFactory
 from tests.service.tenants.conftest import ProvisionFactory, sqlite_entry

@@ -17,7 +17,6 @@ from service.tenants.registry import (
     TenantRegistry,
     entry_json,
     fingerprint,
-    read_entries,
     remove_entry,
     write_entry,
 )
@@ -273,12 +272,14 @@ async def test_a_failing_poll_hook_does_not_stop_the_watcher(
     assert "tenant_registry_poll_failed" in log_stream.getvalue()
 
 
-def test_read_entries_gives_entries_and_problems(registry_dir: Path, tmp_path: Path) -> None:
+def test_a_registry_read_once_gives_entries_and_problems(
+    registry_dir: Path, tmp_path: Path
+) -> None:
     write_entry(registry_dir, sqlite_entry(tmp_path / "a.db", "acme"))
     (registry_dir / "broken.json").write_text("{")
     (registry_dir / "notes.txt").write_text("not an entry")
 
-    entries, problems = read_entries(registry_dir)
+    registry = TenantRegistry.read(registry_dir)
 
-    assert [entry.slug for entry in entries] == ["acme"]
-    assert list(problems) == ["broken.json"]
+    assert [entry.slug for entry in registry.entries()] == ["acme"]
+    assert list(registry.problems()) == ["broken.json"]

@@ -8,23 +8,29 @@ from pathlib import Path
 import pytest
 
 from service.core.errors import DomainError
+from service.core.tenancy import TenantSuspended
+from service.tenants.registry import TenantRegistry
 from service.tenants.schemas import TenantStatus
 from service.tenants.service import (
     TenantRequired,
-    TenantSuspended,
     UnknownTenant,
     resolve_tenant,
 )
+from tests.service.conftest import RegistryOf
 from tests.service.tenants.conftest import sqlite_entry
-from tests.support import StaticLookup
 
-LOOKUP = StaticLookup(
-    sqlite_entry(Path("/x/acme.db"), "acme"),
-    sqlite_entry(Path("/x/beta.db"), "beta"),
-    sqlite_entry(Path("/x/frozen.db"), "frozen", TenantStatus.SUSPENDED),
-    sqlite_entry(Path("/x/newborn.db"), "newborn", TenantStatus.PROVISIONING),
-    sqlite_entry(Path("/x/leaving.db"), "leaving", TenantStatus.DELETING),
-)
+
+@pytest.fixture
+def lookup(registry_of: RegistryOf) -> TenantRegistry:
+    """A real registry directory with a tenant in each state."""
+    return registry_of(
+        sqlite_entry(Path("/x/acme.db"), "acme"),
+        sqlite_entry(Path("/x/beta.db"), "beta"),
+        sqlite_entry(Path("/x/frozen.db"), "frozen", TenantStatus.SUSPENDED),
+        sqlite_entry(Path("/x/newborn.db"), "newborn", TenantStatus.PROVISIONING),
+        sqlite_entry(Path("/x/leaving.db"), "leaving", TenantStatus.DELETING),
+    )
+
 
 SERVED = [
     pytest.param("acme", False, None, "acme", id="token-tenant"),
@@ -37,9 +43,9 @@ SERVED = [
 
 @pytest.mark.parametrize(("token", "admin", "header", "expected"), SERVED)
 def test_the_request_acts_on_this_tenant(
-    token: str | None, admin: bool, header: str | None, expected: str
+    lookup: TenantRegistry, token: str | None, admin: bool, header: str | None, expected: str
 ) -> None:
-    assert resolve_tenant(token, admin, header, LOOKUP).slug == expected
+    assert resolve_tenant(token, admin, header, lookup).slug == expected
 
 
 REFUSED = [
@@ -60,20 +66,24 @@ REFUSED = [
 
 @pytest.mark.parametrize(("token", "admin", "header", "error"), REFUSED)
 def test_the_request_is_refused(
-    token: str | None, admin: bool, header: str | None, error: type[DomainError]
+    lookup: TenantRegistry,
+    token: str | None,
+    admin: bool,
+    header: str | None,
+    error: type[DomainError],
 ) -> None:
     with pytest.raises(error) as raised:
-        resolve_tenant(token, admin, header, LOOKUP)
+        resolve_tenant(token, admin, header, lookup)
 
     assert type(raised.value) is error
 
 
-def test_another_tenant_and_a_missing_one_get_the_same_answer() -> None:
+def test_another_tenant_and_a_missing_one_get_the_same_answer(lookup: TenantRegistry) -> None:
     """Narrowing to a tenant that exists must not be told apart from one that does not."""
     answers = []
     for header in ("beta", "does-not-exist"):
         with pytest.raises(UnknownTenant) as raised:
-            resolve_tenant("acme", False, header, LOOKUP)
+            resolve_tenant("acme", False, header, lookup)
         answers.append((raised.value.status_code, raised.value.message, raised.value.data))
 
     assert answers[0] == answers[1] == (404, "Unknown tenant", None)

@@ -1,0 +1,23 @@
+"""The articles part of the app's container: the service, its cache and cursor signer."""
+
+from __future__ import annotations
+
+from service.articles.cache import ArticleCache
+from service.articles.service import ArticleService
+from service.core.config import Settings
+from service.core.pagination import CursorSigner
+from service.core.slots import AppSlot
+from service.core.store import KeyValueStore
+
+ARTICLES_CURSOR_KIND = "articles"
+
+
+def build_articles(settings: Settings, store: KeyValueStore) -> ArticleService:
+    cache = ArticleCache(store, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled)
+    cursors = CursorSigner(
+        settings.pagination.cursor_secret.get_secret_value().encode(), ARTICLES_CURSOR_KIND
+    )
+    return ArticleService(cache, cursors)
+
+
+ARTICLES: AppSlot[ArticleService] = AppSlot("articles")

@@ -1,1 +1,0 @@
-"""Authentication: passwords, access and refresh tokens, the request's principal."""

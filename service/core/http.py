@@ -1,0 +1,23 @@
+"""Small HTTP facts shared by the middleware, the error handlers and the dependencies."""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+JSON_MEDIA_TYPE = "application/json"
+# Where the request-context middleware keeps the request id. Not scope["state"]: that dict
+# is the lifespan state, which some servers share across requests.
+REQUEST_ID_SCOPE_KEY = "berth.request_id"
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id the request-context middleware gave this request (None outside it)."""
+    value = scope.get(REQUEST_ID_SCOPE_KEY)
+    return value if isinstance(value, str) else None
+
+
+def is_json_media_type(content_type: str | bytes) -> bool:
+    """`application/json` or a `+json` type, parameters (charset) ignored."""
+    text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    media_type = text.split(";", 1)[0].strip().lower()
+    return media_type == JSON_MEDIA_TYPE or media_type.endswith("+json")

@@ -1,0 +1,76 @@
+"""Who is calling, and may they: the dependencies other features build on.
+
+CurrentPrincipal             the authenticated caller (401 otherwise)
+require_role(*roles)         a dependency: the principal, if its role is one of `roles`
+                             (403 otherwise); roles are listed explicitly, no hierarchy
+WriteRateLimit               put on write routes: per-principal write limit (429)
+
+@router.post("/things", dependencies=[WriteRateLimit])
+async def create(principal: Annotated[Principal, Depends(require_role(Role.OWNER))]): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+from fastapi.security import OAuth2PasswordBearer
+
+from service.core.dependencies import enforce
+from service.core.errors import Forbidden, Unauthorized
+from service.identity.auth_service import BEARER
+from service.identity.principal import Principal, Role
+from service.identity.tokens import AccessClaims
+from service.identity.wiring import IDENTITY
+
+TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 - a path
+# auto_error=False: a missing token is answered by us, in the envelope, with our message.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+
+
+async def current_claims(request: Request, token: BearerToken) -> AccessClaims:
+    if not token:
+        raise Unauthorized("Authentication required", headers=BEARER)
+    return IDENTITY.of(request).auth.verify(token)
+
+
+CurrentClaims = Annotated[AccessClaims, Depends(current_claims)]
+
+
+async def current_principal(request: Request, token: BearerToken) -> Principal:
+    """The caller, checked against revocations and the user's current row.
+
+    It reads the token itself rather than depending on `current_claims`: every node of a
+    dependency graph costs each request (docs/benchmarks.md).
+    """
+    if not token:
+        raise Unauthorized("Authentication required", headers=BEARER)
+    auth = IDENTITY.of(request).auth
+    return await auth.authenticate(auth.verify(token))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_role(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that yields the principal only if its role is one of `roles`."""
+    if not roles:
+        raise ValueError("require_role needs at least one role")
+    allowed = frozenset(roles)
+
+    async def guard(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden("Your role does not allow this")
+        return principal
+
+    guard.__name__ = f"require_role_{'_'.join(sorted(role.value for role in allowed))}"
+    return guard
+
+
+async def limit_writes(request: Request, response: Response, principal: CurrentPrincipal) -> None:
+    await enforce(request, response, "writes_per_principal", str(principal.user_id))
+
+
+WriteRateLimit = Depends(limit_writes)

@@ -1,0 +1,108 @@
+"""/api/v1/users: user management for tenant owners/admins and platform admins."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.core.dependencies import RequireJson
+from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
+from service.core.tenancy import TenantSlug
+from service.db.dependencies import DbSession
+from service.identity.dependencies import WriteRateLimit, require_role
+from service.identity.models import MAX_EMAIL_LENGTH
+from service.identity.principal import Principal, Role
+from service.identity.repository import UserFilters
+from service.identity.schemas import UserCreate, UserOut, UserPage, UserPatch
+from service.identity.users_service import UserService
+from service.identity.wiring import IDENTITY
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+async def get_user_service(request: Request) -> UserService:
+    return IDENTITY.of(request).users
+
+
+UserServiceDep = Annotated[UserService, Depends(get_user_service)]
+
+# Members manage nobody; tenant owners and admins their tenant; platform admins everyone.
+UserManager = Annotated[
+    Principal, Depends(require_role(Role.PLATFORM_ADMIN, Role.OWNER, Role.ADMIN))
+]
+
+
+@router.get("", response_model=UserPage, summary="List users (keyset pagination)")
+async def list_users(
+    actor: UserManager,
+    users: UserServiceDep,
+    session: DbSession,
+    role: Role | None = None,
+    is_active: bool | None = None,
+    email: Annotated[
+        str | None, Query(max_length=MAX_EMAIL_LENGTH, description="Email contains this")
+    ] = None,
+    tenant: Annotated[TenantSlug | None, Query(description="Platform admins: one tenant")] = None,
+    cursor: CursorParam = None,
+    limit: PageSize = DEFAULT_PAGE_SIZE,
+) -> UserPage:
+    filters = UserFilters(tenant_slug=tenant, role=role, is_active=is_active, email_contains=email)
+    return await users.list_page(session, actor, filters, cursor=cursor, limit=limit)
+
+
+@router.get("/{user_id}", response_model=UserOut, summary="One user")
+async def get_user(
+    user_id: uuid.UUID, actor: UserManager, users: UserServiceDep, session: DbSession
+) -> UserOut:
+    return UserOut.model_validate(await users.get(session, actor, user_id))
+
+
+@router.post(
+    "",
+    response_model=UserOut,
+    summary="Create (invite) a user",
+    dependencies=[RequireJson, WriteRateLimit],
+)
+async def create_user(
+    body: UserCreate, actor: UserManager, users: UserServiceDep, session: DbSession
+) -> UserOut:
+    user = await users.create(
+        session,
+        actor,
+        email=body.email,
+        password=body.password,
+        role=body.role,
+        tenant_slug=body.tenant_slug,
+    )
+    return UserOut.model_validate(user)
+
+
+@router.patch(
+    "/{user_id}",
+    response_model=UserOut,
+    summary="Change role or active state (only the fields sent)",
+    dependencies=[RequireJson, WriteRateLimit],
+)
+async def update_user(
+    user_id: uuid.UUID,
+    body: UserPatch,
+    actor: UserManager,
+    users: UserServiceDep,
+    session: DbSession,
+) -> UserOut:
+    changes = body.model_dump(exclude_unset=True)
+    return UserOut.model_validate(await users.update(session, actor, user_id, changes))
+
+
+@router.delete(
+    "/{user_id}",
+    response_model=UserOut,
+    summary="Deactivate a user (is_active=false; nothing is deleted)",
+    dependencies=[WriteRateLimit],
+)
+async def deactivate_user(
+    user_id: uuid.UUID, actor: UserManager, users: UserServiceDep, session: DbSession
+) -> UserOut:
+    return UserOut.model_validate(await users.deactivate(session, actor, user_id))

@@ -60,21 +60,35 @@ def _prepare_multiprocess_metrics() -> None:
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
 
 
+def _serve_multiprocess_metrics(settings: Settings) -> Callable[[], None]:
+    """With several workers the metrics port is served here, in the parent, from the files
+    every worker writes (one listener for the pod, as with one worker)."""
+    port = settings.observability.metrics_port
+    if port is None or not settings.observability.metrics_enabled:
+        return lambda: None
+    from service.core.metrics import multiprocess_registry, serve_metrics
+
+    return serve_metrics(multiprocess_registry(), settings.http.host, port)
+
+
 def uvicorn_options(
     settings: Settings, *, host: str | None = None, port: int | None = None
 ) -> dict[str, Any]:
     """The uvicorn options `serve` runs with (host and port overridable from the command line)."""
+    from service.core.protocol import BerthHttpProtocol
+
     http = settings.http
     return {
         "host": host or http.host,
         "port": port or http.port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, with the error envelope and header limits (service/core/protocol.py).
+        "http": BerthHttpProtocol,
         "access_log": False,  # we write our own access log line
         "log_config": None,  # keep our JSON logging
         "server_header": False,
-        "proxy_headers": True,
-        "forwarded_allow_ips": ",".join(http.forwarded_allow_ips),
+        # Trusted proxies are berth's own to resolve, from one setting (core/proxies.py).
+        "proxy_headers": False,
         "timeout_graceful_shutdown": http.graceful_shutdown_seconds,
         "timeout_keep_alive": http.keepalive_seconds,
     }
@@ -108,7 +122,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.http.workers
     if workers > 1:
         _prepare_multiprocess_metrics()
-        run_uvicorn(APP_FACTORY, options, factory=True, workers=workers)
+        stop_metrics = _serve_multiprocess_metrics(settings)
+        try:
+            run_uvicorn(APP_FACTORY, options, factory=True, workers=workers)
+        finally:
+            stop_metrics()
         return 0
     from service.main import create_app
 

@@ -90,7 +90,12 @@ def build_container(
     core = Core(
         settings=settings,
         store=store,
-        rate_limiter=RateLimiter(settings.rate_limits, store, settings.redis.memory_max_entries),
+        rate_limiter=RateLimiter(
+            settings.rate_limits,
+            store,
+            settings.redis.memory_max_entries,
+            fallbacks=metrics.rate_limit_fallbacks,
+        ),
         metrics=metrics,
     )
     control_plane = Database.open(settings.database)

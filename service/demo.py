@@ -81,7 +81,7 @@ async def _ensure_owner(settings: Settings, password: str, *, reset_password: bo
     try:
         async with database.sessions.write.begin() as session:
             users = UserRepository(session)
-            owner = await users.get_by_email(DEMO_OWNER_EMAIL)
+            owner = await users.get_by_email(DEMO_OWNER_EMAIL, DEMO_TENANT)
             if owner is None:
                 new = NewUser(DEMO_OWNER_EMAIL, password, Role.OWNER, DEMO_TENANT)
                 await provision_user(session, passwords, new)

@@ -22,12 +22,15 @@ from service.core.config import Settings, ensure_safe
 from service.core.docs import install_docs
 from service.core.error_handlers import install_error_handlers
 from service.core.errors import ERROR_RESPONSES
+from service.core.http import API_PREFIX
 from service.core.logging import access_log, configure_logging, get_logger
 from service.core.metrics import (
     InstrumentatorMiddleware,
     Metrics,
     install_metrics_route,
+    is_multiprocess,
     mark_process_dead,
+    serve_metrics,
 )
 from service.core.middleware import (
     AccessLogMiddleware,
@@ -35,14 +38,17 @@ from service.core.middleware import (
     ErrorEnvelopeMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
+    StorableTextMiddleware,
 )
+from service.core.protocol import configure_protocol
+from service.core.proxies import ForwardedHeadersMiddleware, TrustedProxies
 from service.core.tracing import instrument_app, instrument_clients, tracing_enabled
+from service.db.errors import install_database_error_handlers
 from service.health.router import router as health_router
 from service.identity.auth_router import router as auth_router
 from service.identity.users_router import router as users_router
 from service.info.router import build_router as build_info_router
 
-API_PREFIX = "/api/v1"
 METRICS_PATH = "/metrics"
 DOCS_PATH = "/docs"
 OPENAPI_PATH = "/openapi.json"
@@ -77,6 +83,7 @@ def _lifespan(
             container.on_close.append(
                 instrument_clients(tracer_provider, container.control_plane.engine)
             )
+        _serve_metrics_port(container)
         # Start-up objects live as long as the process: take them out of the collector's
         # reach so full collections stop pausing the event loop (docs/benchmarks.md).
         gc.collect()
@@ -100,6 +107,18 @@ def _lifespan(
     return lifespan
 
 
+def _serve_metrics_port(container: Container) -> None:
+    """The metrics port, when one is set and this process is the only one (with several
+    workers, `serve` runs it in the parent over the shared files)."""
+    settings = container.settings
+    port = settings.observability.metrics_port
+    if port is None or not settings.observability.metrics_enabled or is_multiprocess():
+        return
+    stop = serve_metrics(container.core.metrics.registry, settings.http.host, port)
+    container.on_close.append(stop)
+    log.info("metrics_port_serving", port=port)
+
+
 def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     # add_middleware wraps what is there, so add innermost first.
     if settings.http.trusted_hosts:
@@ -113,6 +132,7 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(StorableTextMiddleware)
     app.add_middleware(ErrorEnvelopeMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.http.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
@@ -124,6 +144,9 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         )
     app.add_middleware(AccessLogMiddleware, excluded_paths=UNOBSERVED_PATHS)
     app.add_middleware(RequestContextMiddleware)
+    proxies = TrustedProxies.of(settings.http)
+    if proxies:
+        app.add_middleware(ForwardedHeadersMiddleware, proxies=proxies)
 
 
 def create_app(settings: Settings | None = None, *, container: Container | None = None) -> FastAPI:
@@ -132,6 +155,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     settings = container.settings if container is not None else settings or Settings()
     ensure_safe(settings)
     configure_logging(settings.observability, with_trace=tracing_enabled(settings))
+    configure_protocol(settings.http)
     container = container or build_container(settings)
     metrics = container.core.metrics
     app = FastAPI(
@@ -157,9 +181,11 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     if settings.docs_enabled:
         install_docs(app, DOCS_PATH)
-    if settings.observability.metrics_enabled:
+    observability = settings.observability
+    if observability.metrics_enabled and observability.metrics_port is None:
         install_metrics_route(app, metrics, METRICS_PATH)
     install_error_handlers(app)
+    install_database_error_handlers(app)
     _add_middleware(app, settings, metrics)
     tracer_provider = (
         instrument_app(app, settings, list(UNOBSERVED_PATHS)) if tracing_enabled(settings) else None

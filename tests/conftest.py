@@ -6,6 +6,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from tests.support import (
     KnownUser,
     Spawned,
     create_user,
+    free_port,
     identity_groups,
     own_redis_database,
     process_env,
     unavailable,
+    wait_until_live,
 )
 
 AppFactory = Callable[..., FastAPI]
@@ -211,7 +214,44 @@ def spawn(tmp_path: Path) -> Iterator[SpawnFactory]:
             process.kill()
 
 
-__all__ = ["AppFactory", "ClientFactory", "SpawnFactory"]
+@dataclass(frozen=True)
+class Served:
+    """A real `python -m service serve` process and the port it listens on."""
+
+    process: Spawned
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+ServeFactory = Callable[..., Awaitable[Served]]
+
+
+@pytest.fixture
+def serve(spawn: SpawnFactory, migrated_sqlite: str) -> ServeFactory:
+    """`await serve(**env)`: the real server, as a container runs it, on a free port with a
+    migrated SQLite control plane and JSON logs, live; `env` adds or replaces variables."""
+
+    async def factory(**env: str) -> Served:
+        port = free_port()
+        settings = process_env(
+            BERTH_ENVIRONMENT="test",
+            BERTH_DATABASE__URL=migrated_sqlite,
+            BERTH_HTTP__PORT=str(port),
+            BERTH_OBSERVABILITY__LOG_FORMAT="json",
+            **env,
+        )
+        process = spawn("-m", "service", "serve", env=settings, name="serve")
+        served = Served(process, port)
+        await wait_until_live(served.base_url, process)
+        return served
+
+    return factory
+
+
+__all__ = ["AppFactory", "ClientFactory", "ServeFactory", "SpawnFactory"]
 
 
 # Identity: an app with fast Argon2 on a given database, and users with known passwords.

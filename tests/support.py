@@ -419,7 +419,11 @@ def bearer(app: Any, user: KnownUser, *, token_version: int = 0) -> dict[str, st
     from service.container import container_of
 
     token = container_of(app).identity.tokens.issue(
-        user_id=user.id, tenant_slug=user.tenant_slug, role=user.role, token_version=token_version
+        user_id=user.id,
+        tenant_slug=user.tenant_slug,
+        role=user.role,
+        token_version=token_version,
+        family_id=uuid.uuid4(),
     )
     return {"Authorization": f"Bearer {token.token}"}
 

@@ -16,8 +16,10 @@ from sqlalchemy.orm import joinedload
 from service.articles.models import Article, ArticleTag, Tag
 from service.articles.schemas import ArticleFilters
 from service.core.pagination import PagePosition
-from service.db.errors import flush_unique
+from service.db.errors import flush_unique, unique_on
 from service.db.keyset import page_after
+
+SLUG_UNIQUE = unique_on(Article, "slug")
 
 
 def slug_taken_message(slug: str) -> str:
@@ -163,7 +165,7 @@ class ArticleRepository:
     async def add(self, article: Article) -> Article:
         """Insert; a slug taken meanwhile by a concurrent writer is a Conflict, not a 500."""
         self.session.add(article)
-        await flush_unique(self.session, Article.slug, slug_taken_message(article.slug))
+        await flush_unique(self.session, slug_taken_message(article.slug), SLUG_UNIQUE)
         return article
 
     async def save(self, article: Article) -> Article:

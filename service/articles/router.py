@@ -19,14 +19,23 @@ from service.articles.schemas import (
 from service.articles.service import Actor, ArticleService, etag_matches
 from service.articles.wiring import ARTICLES
 from service.core.dependencies import RequireJson
+from service.core.errors import (
+    INPUT_ERRORS,
+    JSON_BODY_ERRORS,
+    RATE_LIMITED_ERRORS,
+    error_responses,
+)
 from service.core.http import JSON_MEDIA_TYPE
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
-from service.identity.dependencies import CurrentPrincipal, WriteRateLimit
-from service.tenants.dependencies import CurrentTenantScope
+from service.identity.dependencies import AUTHENTICATED_ERRORS, CurrentPrincipal, WriteRateLimit
+from service.tenants.dependencies import TENANT_ERRORS, CurrentTenantScope
 
 router = APIRouter(prefix="/articles", tags=["articles"])
 # On the routes with a body only: a router-wide guard is one more dependency every GET pays.
 WRITE_GUARDS = [RequireJson, WriteRateLimit]
+# Every route needs the principal and the tenant; 403 is also a member editing another's.
+READ_ERRORS = (*AUTHENTICATED_ERRORS, *TENANT_ERRORS, *INPUT_ERRORS)
+WRITE_ERRORS = (*READ_ERRORS, *JSON_BODY_ERRORS, *RATE_LIMITED_ERRORS)
 SlugParam = Annotated[ArticleSlug, Path(description="The article's slug")]
 IfMatch = Annotated[str | None, Header(description="ETag the change is based on (412 if stale)")]
 
@@ -49,7 +58,12 @@ def _send(article: RenderedArticle, status: int = HTTPStatus.OK) -> Response:
     )
 
 
-@router.get("", response_model=ArticlePage, summary="List articles (keyset pages)")
+@router.get(
+    "",
+    response_model=ArticlePage,
+    responses=error_responses(*READ_ERRORS),
+    summary="List articles (keyset pages)",
+)
 async def list_articles(
     articles: Articles,
     scope: CurrentTenantScope,
@@ -67,6 +81,7 @@ async def list_articles(
     response_model=ArticleOut,
     status_code=HTTPStatus.CREATED,
     dependencies=WRITE_GUARDS,
+    responses=error_responses(*WRITE_ERRORS, HTTPStatus.CONFLICT),
     summary="Create an article",
 )
 async def create_article(
@@ -85,7 +100,10 @@ async def create_article(
 @router.get(
     "/{slug}",
     response_model=ArticleOut,
-    responses={304: {"description": "Not modified (If-None-Match)"}},
+    responses={
+        304: {"description": "Not modified (If-None-Match)"},
+        **error_responses(*READ_ERRORS),
+    },
     summary="Get an article by slug (cached; ETag)",
 )
 async def get_article(
@@ -104,6 +122,7 @@ async def get_article(
     "/{slug}",
     response_model=ArticleOut,
     dependencies=WRITE_GUARDS,
+    responses=error_responses(*WRITE_ERRORS, HTTPStatus.CONFLICT, HTTPStatus.PRECONDITION_FAILED),
     summary="Change some fields of an article (If-Match for optimistic concurrency)",
 )
 async def patch_article(
@@ -122,6 +141,7 @@ async def patch_article(
     status_code=HTTPStatus.NO_CONTENT,
     response_class=Response,
     dependencies=WRITE_GUARDS,
+    responses=error_responses(*READ_ERRORS, *RATE_LIMITED_ERRORS, HTTPStatus.PRECONDITION_FAILED),
     summary="Delete an article",
 )
 async def delete_article(

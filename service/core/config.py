@@ -7,7 +7,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -35,6 +43,17 @@ def _split_commas(value: Any) -> Any:
 
         return json.loads(text)
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _refuse_retired(values: Any, group: str, name: str) -> Any:
+    """An old name for the trusted proxies must not be dropped silently: two lists (the
+    limiter's, uvicorn's) became one."""
+    if isinstance(values, dict) and values.get(name):
+        raise ValueError(
+            f"{env_name(group, name)} is gone: set {env_name('http', 'trusted_proxies')} "
+            "(one list for the server and the rate limiter)"
+        )
+    return values
 
 
 class Environment(StrEnum):
@@ -122,10 +141,11 @@ class RateLimitSettings(BaseModel):
     register_per_ip: str = "5/hour"
     refresh_per_ip: str = "30/minute"
     writes_per_principal: str = "120/minute"
-    # Proxies (IPs or CIDRs) whose X-Forwarded-For names the client; others are the client.
-    trusted_proxies: CommaList = Field(default_factory=list)
 
-    _split = field_validator("trusted_proxies", mode="before")(_split_commas)
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, values: Any) -> Any:
+        return _refuse_retired(values, "rate_limits", "trusted_proxies")
 
 
 class TenantSettings(BaseModel):
@@ -152,16 +172,28 @@ class HttpSettings(BaseModel):
     graceful_shutdown_seconds: float = Field(default=20.0, ge=0)
     keepalive_seconds: int = Field(default=5, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # Request headers, bounded as common proxies bound them (nginx: 8 KiB lines x 4 by
+    # default, Envoy 60 KiB): beyond any of these the answer is 431 (service/core/protocol.py).
+    max_header_bytes: int = Field(default=65_536, ge=1024)
+    max_header_line_bytes: int = Field(default=16_384, ge=256)
+    max_headers: int = Field(default=100, ge=8)
     cors_origins: CommaList = Field(default_factory=list)
     cors_allow_credentials: bool = False
     trusted_hosts: CommaList = Field(default_factory=list)
-    forwarded_allow_ips: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
+    # Proxies (IPs or CIDRs) whose X-Forwarded-For names the client and X-Forwarded-Proto the
+    # scheme (service/core/proxies.py); nobody by default, not even 127.0.0.1.
+    trusted_proxies: CommaList = Field(default_factory=list)
     docs_enabled: bool | None = None
     docs_allow_in_production: bool = False
 
-    _split = field_validator("cors_origins", "trusted_hosts", "forwarded_allow_ips", mode="before")(
+    _split = field_validator("cors_origins", "trusted_hosts", "trusted_proxies", mode="before")(
         _split_commas
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, values: Any) -> Any:
+        return _refuse_retired(values, "http", "forwarded_allow_ips")
 
 
 class CacheSettings(BaseModel):
@@ -175,6 +207,9 @@ class ObservabilitySettings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
     metrics_enabled: bool = True
+    # Serve /metrics on this port instead of the API's (0.0.0.0 or BERTH_HTTP__HOST), so the
+    # Service an Ingress exposes carries no metrics; unset: /metrics on the API port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     readiness_cache_seconds: float = Field(default=2.0, ge=0)
     readiness_timeout_seconds: float = Field(default=1.0, gt=0)
 

@@ -18,12 +18,12 @@ from fastapi import Depends, Request, Response
 
 from service.core.config import Settings
 from service.core.errors import RateLimited, UnsupportedMediaType
-from service.core.http import is_json_media_type
+from service.core.http import is_json_media_type, keep_response_headers, kept_response_headers
 from service.core.logging import get_logger
 from service.core.metrics import Metrics
 from service.core.ratelimit import REMAINING, RULES, Decision, RateLimiter
 from service.core.slots import AppSlot
-from service.core.store import KeyValueStore, StoreUnavailable
+from service.core.store import KeyValueStore
 
 log = get_logger(__name__)
 
@@ -66,16 +66,32 @@ async def require_json_body(request: Request) -> None:
 # Router-level guard for JSON APIs: `APIRouter(dependencies=[RequireJson])`.
 RequireJson = Depends(require_json_body)
 
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+async def forbid_storing(request: Request, response: Response) -> None:
+    """Answers carrying credentials (tokens, who the caller is) must not be kept by any cache
+    (RFC 6749 5.1), errors included."""
+    keep_response_headers(request.scope, _NO_STORE)
+    response.headers.update(_NO_STORE)
+
+
+# First in a route's dependencies, so that every answer of the route has it.
+NoStore = Depends(forbid_storing)
+
 
 # Rate limits -------------------------------------------------------------------------------
 
 
-def _set_allowed_headers(response: Response, decision: Decision) -> None:
-    # With several limits on one route, the client is told about the tightest.
-    current = response.headers.get(REMAINING)
+def _tell_what_is_left(request: Request, response: Response, decision: Decision) -> None:
+    """RateLimit-* on the answer, success or error; with several limits on one route, the
+    client is told about the tightest."""
+    current = kept_response_headers(request.scope).get(REMAINING)
     if current is not None and int(current) <= decision.remaining:
         return
-    response.headers.update(decision.headers())
+    headers = decision.headers()
+    keep_response_headers(request.scope, headers)
+    response.headers.update(headers)
 
 
 async def enforce(request: Request, response: Response, rule: str, identity: str) -> None:
@@ -83,16 +99,11 @@ async def enforce(request: Request, response: Response, rule: str, identity: str
     limiter = CORE.of(request).rate_limiter
     if not limiter.enabled:
         return
-    try:
-        decision = await limiter.hit(rule, identity)
-    except StoreUnavailable as exc:
-        # Fail open: a Redis outage already fails readiness; limits must not add a 500.
-        log.warning("rate_limit_unavailable", rule=rule, error=type(exc.__cause__).__name__)
-        return
+    decision = await limiter.hit(rule, identity)
     if not decision.allowed:
         log.info("rate_limited", rule=rule)
         raise RateLimited(math.ceil(decision.retry_after_ms / 1000), headers=decision.headers())
-    _set_allowed_headers(response, decision)
+    _tell_what_is_left(request, response, decision)
 
 
 def limit_by_client_ip(rule: str) -> Callable[[Request, Response], Awaitable[None]]:

@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import DomainError, envelope_bytes, status_name
-from service.core.http import JSON_MEDIA_TYPE, request_id_of
+from service.core.errors import VALIDATION_MESSAGE, DomainError, envelope_bytes, status_name
+from service.core.http import JSON_MEDIA_TYPE, kept_response_headers, request_id_of
 from service.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,7 +31,8 @@ def error_response(
         status_code, message, path=request.url.path, request_id=request_id_of(request.scope),
         data=data,
     )  # fmt: skip
-    return Response(body, status_code, headers=headers, media_type=JSON_MEDIA_TYPE)
+    merged = {**kept_response_headers(request.scope), **(headers or {})}
+    return Response(body, status_code, headers=merged, media_type=JSON_MEDIA_TYPE)
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -54,7 +55,7 @@ async def _handle_validation_error(request: Request, exc: Exception) -> Response
     return error_response(
         request,
         HTTPStatus.UNPROCESSABLE_ENTITY,
-        "The request is not valid",
+        VALIDATION_MESSAGE,
         data={"errors": _validation_errors(exc)},
     )
 

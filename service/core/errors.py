@@ -32,6 +32,10 @@ _STATUS_NAMES = {
 }
 
 
+# What a 422 says; the field errors are in data.errors.
+VALIDATION_MESSAGE = "The request is not valid"
+
+
 class ErrorEnvelope(BaseModel):
     """Every error response, whatever raised it."""
 
@@ -141,9 +145,47 @@ def envelope_bytes(
     return orjson.dumps(envelope.model_dump())
 
 
-# Declared in OpenAPI for every route so clients see the envelope.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    "4XX": {"model": ErrorEnvelope, "description": "Client error"},
-    422: {"model": ErrorEnvelope, "description": "Validation error (field errors in data.errors)"},
-    "5XX": {"model": ErrorEnvelope, "description": "Server error"},
+_DESCRIPTIONS = {
+    304: "Not modified (If-None-Match)",
+    400: "Bad request: a cursor or tenant header not valid here, an unreadable body",
+    401: "Not authenticated (no, or no longer a valid, token)",
+    403: "Not allowed (role, or a suspended tenant)",
+    404: "Not found",
+    409: "Conflict with what exists",
+    412: "Precondition failed (If-Match is stale)",
+    413: "Request body too large",
+    415: "Unsupported media type (send JSON)",
+    422: "Validation error (field errors in data.errors)",
+    429: "Too many requests (Retry-After)",
+    500: "Internal server error",
+    503: "A backing service is unavailable (Retry-After)",
 }
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error codes a route really answers, each in the envelope:
+    declared per route (from the groups its dependencies bring), so a contract test notices
+    a code nobody declared."""
+    return {
+        code: {"model": ErrorEnvelope, "description": _DESCRIPTIONS.get(code, status_name(code))}
+        for code in sorted(set(codes))
+    }
+
+
+# What any route may answer (a crash), declared on every route by the composition root.
+ERROR_RESPONSES = error_responses(HTTPStatus.INTERNAL_SERVER_ERROR)
+# What inputs bring: parameters (422, which path and query NUL checks answer too), a JSON or
+# form body (an unreadable Content-Length is a 400, too large a 413, not JSON a 415).
+INPUT_ERRORS = (HTTPStatus.UNPROCESSABLE_ENTITY,)
+JSON_BODY_ERRORS = (
+    HTTPStatus.BAD_REQUEST,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    HTTPStatus.UNPROCESSABLE_ENTITY,
+)
+FORM_BODY_ERRORS = (
+    HTTPStatus.BAD_REQUEST,
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    HTTPStatus.UNPROCESSABLE_ENTITY,
+)
+RATE_LIMITED_ERRORS = (HTTPStatus.TOO_MANY_REQUESTS,)

@@ -13,14 +13,23 @@ prometheus_client's multiprocess mode: values live in shared files and `/metrics
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from timeit import default_timer
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
-from prometheus_client import CollectorRegistry, Gauge, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Metric,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import metrics as instrumentator_metrics
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from sqlalchemy import event
@@ -38,6 +47,8 @@ DB_POOL_SIZE = "berth_db_pool_size"
 DB_POOL_CHECKED_OUT = "berth_db_pool_checked_out"
 DB_POOL_OVERFLOW = "berth_db_pool_overflow"
 BUILD_INFO = "berth_build_info"
+# prometheus_client adds `_total` to counters; this is the name as scraped.
+RATE_LIMIT_FALLBACKS = "berth_rate_limit_fallbacks_total"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Fine enough below 100 ms for a per-route p99 of a fast service, coarse above a second.
@@ -57,6 +68,9 @@ class Metrics:
     def __init__(self, *, version: str, commit: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._refreshers: list[Callable[[], None]] = []
+        # Registered first, so that every scrape (the /metrics route or the metrics port)
+        # refreshes the pool gauges before they are read.
+        self.registry.register(_Refresh(self._refreshers))
         self.inprogress = Gauge(
             HTTP_REQUESTS_INPROGRESS,
             "HTTP requests being served.",
@@ -88,6 +102,12 @@ class Metrics:
             registry=self.registry, multiprocess_mode="max",
         )  # fmt: skip
         build_info.labels(version=version, commit=commit).set(1)
+        self.rate_limit_fallbacks = Counter(
+            RATE_LIMIT_FALLBACKS.removesuffix("_total"),
+            "Rate-limit decisions made in process because Redis did not answer, by rule.",
+            ("rule",),
+            registry=self.registry,
+        )
 
     def track_pool(self, engine: AsyncEngine, pool_name: str) -> None:
         """Keep pool gauges current from pool events (so multiprocess mode sees them too).
@@ -117,14 +137,15 @@ class Metrics:
         self._refreshers.append(refresh)
         refresh()
 
-    def exposition(self) -> bytes:
-        for refresh in self._refreshers:
-            refresh()
+    def scraped_registry(self) -> CollectorRegistry:
+        """What a scrape reads: this app's registry, or with several workers the shared
+        multiprocess files."""
         if not is_multiprocess():
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+            return self.registry
+        return multiprocess_registry()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.scraped_registry())
 
     def middleware_options(self, excluded_paths: Sequence[str]) -> dict[str, Any]:
         """Options for `InstrumentatorMiddleware`: exact status codes, templated handlers."""
@@ -215,6 +236,41 @@ class InstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
             )
             for instrumentation in self.instrumentations:
                 instrumentation(info)
+
+
+class _Refresh(Collector):
+    """Runs the refreshers on every collection and contributes no metric of its own."""
+
+    def __init__(self, refreshers: list[Callable[[], None]]) -> None:
+        self.refreshers = refreshers
+
+    def collect(self) -> Iterable[Metric]:
+        for refresh in self.refreshers:
+            refresh()
+        return []
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
+    """Serve `registry` on a port of its own (prometheus_client's threaded server, any path);
+    returns what stops it. The API port then has no /metrics, so an Ingress in front of the
+    API never exposes it."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
 
 
 def mark_process_dead() -> None:

@@ -1,12 +1,14 @@
 """Pure-ASGI middleware (no BaseHTTPMiddleware: it costs throughput and breaks streaming).
 
-Outermost first: request context -> access log -> metrics (`service/core/metrics.py`) ->
-security headers -> body-size limit -> error envelope -> (CORS, trusted hosts when
-configured) -> router. `service/main.py` adds them in that order.
+Outermost first: (forwarded headers, with trusted proxies: `service/core/proxies.py`) ->
+request context -> access log -> metrics (`service/core/metrics.py`) -> security headers ->
+body-size limit -> error envelope -> storable text -> (CORS, trusted hosts when configured)
+-> router. `service/main.py` adds them in that order.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -14,6 +16,7 @@ import weakref
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from cachetools import LRUCache
@@ -21,7 +24,7 @@ from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import envelope_bytes
+from service.core.errors import VALIDATION_MESSAGE, envelope_bytes
 from service.core.http import (
     JSON_MEDIA_TYPE,
     REQUEST_ID_SCOPE_KEY,
@@ -29,6 +32,14 @@ from service.core.http import (
     request_id_of,
 )
 from service.core.logging import REQUEST_ID, access_log, get_logger
+from service.core.text import (
+    UNSTORABLE_MESSAGE,
+    UNSTORABLE_TYPE,
+    Location,
+    find_unstorable,
+    find_unstorable_field,
+    is_storable,
+)
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID_LENGTH = 64
@@ -67,9 +78,12 @@ async def send_error(
     status: int,
     message: str,
     extra_headers: Iterable[tuple[bytes, bytes]] = (),
+    data: dict[str, Any] | None = None,
 ) -> None:
     """Answer in the error envelope from middleware (before or instead of the app)."""
-    body = envelope_bytes(status, message, path=scope["path"], request_id=request_id_of(scope))
+    body = envelope_bytes(
+        status, message, path=scope["path"], request_id=request_id_of(scope), data=data
+    )
     headers = [
         *extra_headers,
         (b"content-type", JSON_MEDIA_TYPE.encode()),
@@ -378,3 +392,101 @@ async def _send_rewritten(scope: Scope, send: Send, start: Message, text: bytes)
         if key.lower() not in (b"content-type", b"content-length")
     ]
     await send_error(scope, send, status, message, extra_headers=kept)
+
+
+_FORM_MEDIA_TYPE = b"application/x-www-form-urlencoded"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class StorableTextMiddleware:
+    """422 for text PostgreSQL cannot store (service/core/text.py), wherever a request
+    carries it: the path, the query string, a JSON or a form body.
+
+    Bodies are read here (bounded by the body-size limit outside) and replayed to the app;
+    only write requests with a JSON or form body pay that, and malformed JSON is left to the
+    app's own validation. Multipart bodies are not read (no route takes one).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        location = _unstorable_in_target(scope)
+        if location is None and scope["method"] in _BODY_METHODS:
+            kind = _body_kind(scope)
+            if kind is not None:
+                body = await _read_body(receive)
+                location = _unstorable_in_body(kind, body)
+                receive = _replaying(body, receive)
+        if location is not None:
+            await _refuse_unstorable(scope, send, location)
+            return
+        await self.app(scope, receive, send)
+
+
+def _unstorable_in_target(scope: Scope) -> Location | None:
+    if not is_storable(scope["path"]):
+        return ["path"]
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" not in query and b"\x00" not in query:
+        return None  # decoding replaces bad UTF-8, so NUL is all a query string can carry
+    return find_unstorable_field(
+        parse_qsl(query.decode("latin-1"), keep_blank_values=True), "query"
+    )
+
+
+def _body_kind(scope: Scope) -> str | None:
+    content_type = _header(scope, b"content-type")
+    if content_type is None:
+        return None
+    if is_json_media_type(content_type):
+        return "json"
+    if content_type.split(b";", 1)[0].strip().lower() == _FORM_MEDIA_TYPE:
+        return "form"
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _unstorable_in_body(kind: str, body: bytes) -> Location | None:
+    if kind == "form":
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
+        return find_unstorable_field(pairs, "body")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the app's validation says so
+    return find_unstorable(document, ["body"])
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # what follows the body: a disconnect
+
+    return replay
+
+
+async def _refuse_unstorable(scope: Scope, send: Send, location: Location) -> None:
+    error = {"loc": location, "msg": UNSTORABLE_MESSAGE, "type": UNSTORABLE_TYPE}
+    await send_error(
+        scope, send, HTTPStatus.UNPROCESSABLE_ENTITY, VALIDATION_MESSAGE, data={"errors": [error]}
+    )

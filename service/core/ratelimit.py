@@ -5,7 +5,10 @@ time (TAT): a request is allowed when TAT - period + interval <= now, and then m
 by one interval. That is a smooth "count per period" with bursts up to count, atomic in one
 round trip, and one small key per identity. Redis' own clock is used, so replicas with
 skewed clocks share one notion of time. Without Redis (`store.backend == "memory"`, the
-laptop) the same arithmetic runs in process, per application instance.
+laptop) the same arithmetic runs in process, per application instance; and while a
+configured Redis does not answer, so it does too: limits keep holding (per replica) through
+an outage instead of failing open, which one log line per outage and the
+`berth_rate_limit_fallbacks_total` counter report.
 
 Limits are "<count>/<second|minute|hour>" in RateLimitSettings, parsed at application
 start (ConfigError when invalid). Keys: `berth:rl:<rule>:<identity>`. Routes apply them with
@@ -14,7 +17,6 @@ the dependencies of `service/core/dependencies.py`.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import time
@@ -22,12 +24,16 @@ from dataclasses import dataclass
 from typing import Final
 
 from cachetools import LRUCache
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from starlette.requests import HTTPConnection
 
 from service.core.config import ConfigError, RateLimitSettings, env_name
-from service.core.store import KeyValueStore, RedisStore
+from service.core.logging import get_logger
+from service.core.store import KeyValueStore, RedisStore, StoreUnavailable
+
+log = get_logger(__name__)
 
 KEY_PREFIX: Final = "berth:rl:"
 PERIODS: Final = {"second": 1, "minute": 60, "hour": 3600}
@@ -86,19 +92,6 @@ def parse_rate(text: str, *, setting: str = "rate limit") -> Rate:
     return Rate(count=int(match.group(1)), period_seconds=PERIODS[match.group(2)])
 
 
-def parse_networks(
-    entries: list[str],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            setting = env_name("rate_limits", "trusted_proxies")
-            raise ConfigError(f"{setting}: {entry!r} is not an IP address or CIDR") from None
-    return tuple(networks)
-
-
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -142,14 +135,17 @@ class RateLimiter:
         settings: RateLimitSettings,
         store: KeyValueStore,
         memory_entries: int = DEFAULT_MEMORY_ENTRIES,
+        *,
+        fallbacks: Counter | None = None,
     ) -> None:
         self.enabled = settings.enabled
         self.store = store
+        self.fallbacks = fallbacks
+        self._store_down = False  # a fallback is under way (logged once, at its start)
         self.rates = {
             rule: parse_rate(getattr(settings, rule), setting=env_name("rate_limits", rule))
             for rule in RULES
         }
-        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.memory = MemoryGcra(memory_entries)
         self._script: AsyncScript | None = None
         self._script_client: Redis | None = None
@@ -162,51 +158,35 @@ class RateLimiter:
         return self._script
 
     async def hit(self, rule: str, identity: str) -> Decision:
-        """Count one request of `identity` against `rule` (StoreUnavailable if Redis fails)."""
+        """Count one request of `identity` against `rule`: in Redis, or in process without
+        Redis and while it does not answer."""
         rate = self.rates[rule]
         key = f"{KEY_PREFIX}{rule}:{identity}"
         store = self.store
         if not isinstance(store, RedisStore):
             return self.memory.hit(key, rate)
-        script = self._gcra_script(store.client)
-        allowed, remaining, retry_after, reset = await store.bounded(
-            script(keys=[key], args=[rate.interval_ms, rate.count])
-        )
+        try:
+            allowed, remaining, retry_after, reset = await store.bounded(
+                self._gcra_script(store.client)(keys=[key], args=[rate.interval_ms, rate.count])
+            )
+        except StoreUnavailable as exc:
+            self._falling_back(rule, exc)
+            return self.memory.hit(key, rate)
+        if self._store_down:
+            self._store_down = False
+            log.info("rate_limit_store_back")
         return Decision(bool(allowed), rate.count, int(remaining), int(retry_after), int(reset))
 
-    def client_ip(self, request: HTTPConnection) -> str:
-        """The socket peer, unless it is a trusted proxy: then the right-most untrusted
-        X-Forwarded-For entry (entries left of it are whatever the client chose to send)."""
-        peer = request.client.host if request.client else "unknown"
-        if not self._is_trusted(peer):
-            return peer
-        hops = [
-            hop.strip()
-            for header in request.headers.getlist("x-forwarded-for")
-            for hop in header.split(",")
-            if hop.strip()
-        ]
-        addresses = [_parse_ip(hop) for hop in hops]
-        for address in reversed(addresses):
-            if address is None:
-                return peer  # a malformed chain is not evidence of anything
-            if not self._is_trusted(address):
-                return address
-        # Every hop is one of ours (or there is none): the left-most is the closest we know.
-        return addresses[0] or peer if addresses else peer
+    def _falling_back(self, rule: str, exc: StoreUnavailable) -> None:
+        if self.fallbacks is not None:
+            self.fallbacks.labels(rule=rule).inc()
+        if not self._store_down:
+            self._store_down = True
+            log.warning("rate_limit_store_unavailable", rule=rule,
+                        error=type(exc.__cause__).__name__, fallback="in_process")  # fmt: skip
 
-    def _is_trusted(self, address: str) -> bool:
-        if not self.trusted_proxies:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.trusted_proxies)
-
-
-def _parse_ip(text: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
+    @staticmethod
+    def client_ip(request: HTTPConnection) -> str:
+        """The client's address as the request gives it: behind trusted proxies, the one
+        they report (service/core/proxies.py), else the socket peer."""
+        return request.client.host if request.client else "unknown"

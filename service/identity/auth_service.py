@@ -43,6 +43,7 @@ BEARER = {"WWW-Authenticate": "Bearer"}
 INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 # Key prefixes and messages, not secrets.
 REVOKED_TOKEN_PREFIX = "berth:auth:revoked:"  # noqa: S105
+REVOKED_FAMILY_PREFIX = "berth:auth:revoked-family:"
 BAD_CREDENTIALS = "Invalid email or password"
 BAD_TOKEN = "Invalid or expired token"  # noqa: S105
 BAD_REFRESH_TOKEN = "Invalid or expired refresh token"  # noqa: S105
@@ -65,6 +66,10 @@ class LogoutOutcome:
 
 def revoked_token_key(token_id: str) -> str:
     return f"{REVOKED_TOKEN_PREFIX}{token_id}"
+
+
+def revoked_family_key(family_id: uuid.UUID) -> str:
+    return f"{REVOKED_FAMILY_PREFIX}{family_id.hex}"
 
 
 def _invalid_token() -> Unauthorized:
@@ -115,12 +120,14 @@ class AuthService:
     async def authenticate(self, claims: AccessClaims) -> Principal:
         """The principal for verified claims, if the token is still good right now.
 
-        One key-value round trip answers both "was this token logged out" and "what is the
-        user's current state"; the control plane is read only on a cache miss, in a short
-        read-only session of its own (no session per request).
+        One key-value round trip answers "was this token, or its whole family, revoked" and
+        "what is the user's current state"; the control plane is read only on a cache miss,
+        in a short read-only session of its own (no session per request).
         """
-        cached = await self.auth_states.lookup(claims.user_id, revoked_token_key(claims.token_id))
-        if cached.other_key_set:  # this very token was logged out
+        cached = await self.auth_states.lookup(
+            claims.user_id, revoked_token_key(claims.token_id), revoked_family_key(claims.family_id)
+        )
+        if cached.other_key_set:  # logged out, or its family ended (a replay, a logout)
             raise _invalid_token()
         state = cached.state
         if state is None:
@@ -143,8 +150,13 @@ class AuthService:
 
     # -- flows -----------------------------------------------------------------------------
 
-    async def login(self, session: AsyncSession, email: str, password: str) -> TokenPair:
-        user = await UserRepository(session).get_by_email(email)
+    async def login(
+        self, session: AsyncSession, email: str, password: str, tenant: str | None = None
+    ) -> TokenPair:
+        """Emails are unique per tenant: `tenant` names which account; without it, the
+        platform admin with that address, else the one tenant user with it (an address in
+        several tenants needs the tenant, and is otherwise the same 401 as a wrong one)."""
+        user = await self._account(UserRepository(session), email, tenant)
         # Verify even when there is no such user: the same Argon2 work, no timing oracle.
         verification = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not verification.valid or not user.is_active:
@@ -156,6 +168,15 @@ class AuthService:
             log.info("password_rehashed", user_id=str(user.id))
         log.info("login_succeeded", user_id=str(user.id))
         return await self._issue(session, user, family_id=uuid.uuid4())
+
+    @staticmethod
+    async def _account(users: UserRepository, email: str, tenant: str | None) -> User | None:
+        if tenant is not None:
+            return await users.get_by_email(email, tenant)
+        holders = await users.holders_of(email)
+        if holders and holders[0].tenant_slug is None:
+            return holders[0]
+        return holders[0] if len(holders) == 1 else None
 
     async def refresh(self, session: AsyncSession, token: str) -> TokenPair:
         """Rotate: the presented token is used up and a new one of the same family issued."""
@@ -190,6 +211,7 @@ class AuthService:
             return  # unknown, expired or already revoked: nothing more to do
         revoked = await refresh_tokens.revoke_family(record.family_id, utc_now())
         await session.commit()
+        await self._end_access_tokens_of(record.family_id)
         log.warning(
             "refresh_token_reuse_detected",
             user_id=str(record.user_id),
@@ -215,8 +237,15 @@ class AuthService:
             # Someone else's token is ignored, without saying so.
             if record is not None and record.user_id == principal.user_id:
                 revoked = await refresh_tokens.revoke_family(record.family_id, now)
+                await self._end_access_tokens_of(record.family_id)
         log.info("logout", user_id=str(principal.user_id), sessions_revoked=revoked)
         return LogoutOutcome(access_token_revoked=True, refresh_tokens_revoked=revoked)
+
+    async def _end_access_tokens_of(self, family_id: uuid.UUID) -> None:
+        """From the next request on, no access token of this family works (the check is in
+        the MGET every request makes); remembered as long as such a token could live."""
+        ttl = self.settings.access_token_ttl_seconds + 1
+        await self.store.set(revoked_family_key(family_id), b"1", ttl)
 
     async def logout_all(self, session: AsyncSession, principal: Principal) -> LogoutOutcome:
         await UserRepository(session).bump_token_version(principal.user_id)
@@ -253,6 +282,7 @@ class AuthService:
             tenant_slug=user.tenant_slug,
             role=user.role,
             token_version=user.token_version,
+            family_id=family_id,
         )
         refresh = new_refresh_token()
         await RefreshTokenRepository(session).add(

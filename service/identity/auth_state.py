@@ -52,7 +52,8 @@ def auth_state_key(user_id: uuid.UUID) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CachedLookup:
-    """One round trip's answer: was the other key set (a revocation), and the cached state."""
+    """One round trip's answer: was any of the other keys set (a revocation), and the
+    cached state."""
 
     other_key_set: bool
     state: AuthState | None
@@ -69,15 +70,15 @@ class AuthStateCache:
     def enabled(self) -> bool:
         return self.ttl_seconds > 0
 
-    async def lookup(self, user_id: uuid.UUID, other_key: str) -> CachedLookup:
-        """The cached state of `user_id` and whether `other_key` exists, in one MGET."""
+    async def lookup(self, user_id: uuid.UUID, *other_keys: str) -> CachedLookup:
+        """The cached state of `user_id` and whether any of `other_keys` exists, in one
+        MGET."""
         if not self.enabled:
-            return CachedLookup(
-                other_key_set=await self.store.get(other_key) is not None, state=None
-            )
-        other, raw = await self.store.get_many(other_key, auth_state_key(user_id))
+            others = await self.store.get_many(*other_keys)
+            return CachedLookup(other_key_set=any(v is not None for v in others), state=None)
+        *others, raw = await self.store.get_many(*other_keys, auth_state_key(user_id))
         state = AuthState.from_bytes(raw) if raw is not None else None
-        return CachedLookup(other_key_set=other is not None, state=state)
+        return CachedLookup(other_key_set=any(v is not None for v in others), state=state)
 
     async def put(self, user_id: uuid.UUID, state: AuthState) -> None:
         if self.enabled:

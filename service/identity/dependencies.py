@@ -12,6 +12,7 @@ async def create(principal: Annotated[Principal, Depends(require_role(Role.OWNER
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -19,15 +20,19 @@ from fastapi.security import OAuth2PasswordBearer
 
 from service.core.dependencies import enforce
 from service.core.errors import Forbidden, Unauthorized
+from service.core.http import API_PREFIX
 from service.identity.auth_service import BEARER
 from service.identity.principal import Principal, Role
 from service.identity.tokens import AccessClaims
 from service.identity.wiring import IDENTITY
 
-TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 - a path
+TOKEN_URL = f"{API_PREFIX}/auth/token"
 # auto_error=False: a missing token is answered by us, in the envelope, with our message.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
+# What a route that needs the principal may answer besides its own codes: no valid token, or
+# Redis or the control plane unreachable for the check.
+AUTHENTICATED_ERRORS = (HTTPStatus.UNAUTHORIZED, HTTPStatus.SERVICE_UNAVAILABLE)
 
 
 async def current_claims(request: Request, token: BearerToken) -> AccessClaims:

@@ -6,7 +6,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, String, Uuid, func
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.core.clock import utc_now
@@ -14,6 +24,16 @@ from service.db.base import Base
 from service.identity.principal import ROLE_VALUES
 
 MAX_EMAIL_LENGTH = 320
+# An email is unique within a tenant, and among platform admins (who belong to none): one
+# person may be a user of several tenants, and no tenant learns who is in another.
+EMAIL_PER_TENANT = UniqueConstraint("tenant_slug", "email", name="uq_users_tenant_email")
+EMAIL_PER_PLATFORM = Index(
+    "uq_users_platform_admin_email",
+    "email",
+    unique=True,
+    postgresql_where=text("tenant_slug IS NULL"),
+    sqlite_where=text("tenant_slug IS NULL"),
+)
 
 
 class User(Base):
@@ -24,10 +44,12 @@ class User(Base):
         CheckConstraint(
             "(role = 'platform_admin') = (tenant_slug IS NULL)", name="tenant_matches_role"
         ),
+        EMAIL_PER_TENANT,
+        EMAIL_PER_PLATFORM,
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    email: Mapped[str] = mapped_column(String(MAX_EMAIL_LENGTH), unique=True)
+    email: Mapped[str] = mapped_column(String(MAX_EMAIL_LENGTH))
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(32))
     tenant_slug: Mapped[str | None] = mapped_column(String(63), index=True)

@@ -13,9 +13,10 @@ from service.core.pagination import PagePosition
 from service.db.errors import flush_unique
 from service.db.keyset import page_after
 from service.identity.auth_state import AuthState
-from service.identity.models import RefreshToken, User
+from service.identity.models import EMAIL_PER_PLATFORM, EMAIL_PER_TENANT, RefreshToken, User
 from service.identity.principal import Role
 
+# Said only within a tenant (or among platform admins): the address may exist elsewhere.
 EMAIL_TAKEN = "A user with this email already exists"
 
 
@@ -34,9 +35,24 @@ class UserRepository:
     async def get(self, user_id: uuid.UUID) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def get_by_email(self, email: str) -> User | None:
-        result = await self.session.execute(select(User).where(User.email == email))
+    async def get_by_email(self, email: str, tenant_slug: str | None) -> User | None:
+        """The user with `email` in `tenant_slug` (None: the platform admin with it)."""
+        tenant = (
+            User.tenant_slug.is_(None) if tenant_slug is None else User.tenant_slug == tenant_slug
+        )
+        result = await self.session.execute(select(User).where(User.email == email, tenant))
         return result.scalar_one_or_none()
+
+    async def holders_of(self, email: str) -> list[User]:
+        """Up to two users with `email`, the platform admin (if any) first: enough to know
+        whether the address alone names one account."""
+        statement = (
+            select(User)
+            .where(User.email == email)
+            .order_by(User.tenant_slug.is_(None).desc())
+            .limit(2)
+        )
+        return list((await self.session.scalars(statement)).all())
 
     async def auth_state(self, user_id: uuid.UUID) -> AuthState | None:
         # Core columns, not the entity: this runs on every authenticated request.
@@ -55,9 +71,10 @@ class UserRepository:
         )
 
     async def add(self, user: User) -> User:
-        """Insert now (flush), so a taken email is a Conflict here and not at commit."""
+        """Insert now (flush), so an email taken in the tenant is a Conflict here, not at
+        commit."""
         self.session.add(user)
-        await flush_unique(self.session, User.email, EMAIL_TAKEN)
+        await flush_unique(self.session, EMAIL_TAKEN, EMAIL_PER_TENANT, EMAIL_PER_PLATFORM)
         return user
 
     async def save(self, user: User) -> None:

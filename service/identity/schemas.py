@@ -48,13 +48,37 @@ def check_password_policy(password: str, info: ValidationInfo) -> str:
 # Tokens ----------------------------------------------------------------------------------
 
 
+LoginPassword = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_LOGIN_PASSWORD_LENGTH)
+]
+LoginTenant = Annotated[
+    TenantSlug | None,
+    Field(description="The tenant of the account; needed only when the email is in several"),
+]
+
+
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: LoginEmail
-    password: str = Field(min_length=1, max_length=MAX_LOGIN_PASSWORD_LENGTH)
+    password: LoginPassword
+    tenant: LoginTenant = None
 
     _normalise = field_validator("email", mode="after")(normalise_email)
+
+
+class TokenForm(BaseModel):
+    """The OAuth2 password grant as a form (RFC 6749 4.3.2), with berth's `tenant`; other
+    fields an OAuth2 client sends (scope, client_id) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    grant_type: Literal["password"] | None = None
+    username: LoginEmail
+    password: LoginPassword
+    tenant: LoginTenant = None
+
+    _normalise = field_validator("username", mode="after")(normalise_email)
 
 
 class TokenResponse(BaseModel):

@@ -1,7 +1,9 @@
 """Access tokens (JWT, algorithm pinned by settings) and opaque refresh tokens.
 
-Access token claims: iss, aud, sub (user id), tid (tenant slug or null), role, jti, iat, exp
-and ver (the user's token_version: logout-all bumps it and every older token stops working).
+Access token claims: iss, aud, sub (user id), tid (tenant slug or null), role, jti, iat, exp,
+ver (the user's token_version: logout-all bumps it and every older token stops working) and
+fam (the refresh-token family the token was minted in: a detected replay or a logout ends
+every access token of that family at once).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from service.core.config import AuthSettings, ConfigError, env_name
 
 VERIFIED_TOKENS_CACHED = 4096
-REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "jti", "iat", "exp", "ver")
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "jti", "iat", "exp", "ver", "fam")
 MIN_RSA_BITS = 2048
 REFRESH_TOKEN_BYTES = 32
 
@@ -41,6 +43,7 @@ class AccessClaims:
     role: str
     token_id: str
     token_version: int
+    family_id: uuid.UUID
     issued_at: datetime
     expires_at: datetime
 
@@ -133,6 +136,7 @@ class TokenCodec:
         tenant_slug: str | None,
         role: str,
         token_version: int,
+        family_id: uuid.UUID,
         now: datetime | None = None,
     ) -> IssuedToken:
         issued_at = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -148,6 +152,7 @@ class TokenCodec:
             "iat": issued_at,
             "exp": expires_at,
             "ver": token_version,
+            "fam": family_id.hex,
         }
         token = jwt.encode(claims, self._signing_key, algorithm=self.algorithm)
         return IssuedToken(token=token, token_id=token_id, expires_at=expires_at)
@@ -188,6 +193,7 @@ def _access_claims(claims: dict[str, Any]) -> AccessClaims:
         role=claims["role"],
         token_id=str(claims["jti"]),
         token_version=version,
+        family_id=uuid.UUID(claims["fam"]),
         issued_at=datetime.fromtimestamp(claims["iat"], UTC),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
     )

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from http import HTTPStatus
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.core.dependencies import RequireJson
+from service.core.errors import (
+    INPUT_ERRORS,
+    JSON_BODY_ERRORS,
+    RATE_LIMITED_ERRORS,
+    error_responses,
+)
+from service.core.http import API_PREFIX
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
 from service.core.tenancy import TenantSlug
 from service.db.dependencies import DbSession
-from service.identity.dependencies import WriteRateLimit, require_role
+from service.db.errors import DATABASE_ERRORS
+from service.identity.dependencies import AUTHENTICATED_ERRORS, WriteRateLimit, require_role
 from service.identity.models import MAX_EMAIL_LENGTH
 from service.identity.principal import Principal, Role
 from service.identity.repository import UserFilters
@@ -19,7 +28,13 @@ from service.identity.schemas import UserCreate, UserOut, UserPage, UserPatch
 from service.identity.users_service import UserService
 from service.identity.wiring import IDENTITY
 
-router = APIRouter(prefix="/users", tags=["users"])
+PREFIX = "/users"
+router = APIRouter(prefix=PREFIX, tags=["users"])
+
+
+def user_location(user_id: uuid.UUID) -> str:
+    """Where a created user is (the `Location` of a 201)."""
+    return f"{API_PREFIX}{PREFIX}/{user_id}"
 
 
 async def get_user_service(request: Request) -> UserService:
@@ -27,6 +42,9 @@ async def get_user_service(request: Request) -> UserService:
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
+# Every route needs a manager (403 for other roles, and for rules a role does not meet).
+MANAGER_ERRORS = (*AUTHENTICATED_ERRORS, *DATABASE_ERRORS, HTTPStatus.FORBIDDEN, *INPUT_ERRORS)
+WRITE_ERRORS = (*MANAGER_ERRORS, *JSON_BODY_ERRORS, *RATE_LIMITED_ERRORS)
 
 # Members manage nobody; tenant owners and admins their tenant; platform admins everyone.
 UserManager = Annotated[
@@ -34,7 +52,12 @@ UserManager = Annotated[
 ]
 
 
-@router.get("", response_model=UserPage, summary="List users (keyset pagination)")
+@router.get(
+    "",
+    response_model=UserPage,
+    responses=error_responses(*MANAGER_ERRORS, HTTPStatus.BAD_REQUEST),
+    summary="List users (keyset pagination)",
+)
 async def list_users(
     actor: UserManager,
     users: UserServiceDep,
@@ -52,7 +75,12 @@ async def list_users(
     return await users.list_page(session, actor, filters, cursor=cursor, limit=limit)
 
 
-@router.get("/{user_id}", response_model=UserOut, summary="One user")
+@router.get(
+    "/{user_id}",
+    response_model=UserOut,
+    responses=error_responses(*MANAGER_ERRORS, HTTPStatus.NOT_FOUND),
+    summary="One user",
+)
 async def get_user(
     user_id: uuid.UUID, actor: UserManager, users: UserServiceDep, session: DbSession
 ) -> UserOut:
@@ -62,11 +90,17 @@ async def get_user(
 @router.post(
     "",
     response_model=UserOut,
+    status_code=HTTPStatus.CREATED,
     summary="Create (invite) a user",
     dependencies=[RequireJson, WriteRateLimit],
+    responses=error_responses(*WRITE_ERRORS, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT),
 )
 async def create_user(
-    body: UserCreate, actor: UserManager, users: UserServiceDep, session: DbSession
+    body: UserCreate,
+    response: Response,
+    actor: UserManager,
+    users: UserServiceDep,
+    session: DbSession,
 ) -> UserOut:
     user = await users.create(
         session,
@@ -76,6 +110,7 @@ async def create_user(
         role=body.role,
         tenant_slug=body.tenant_slug,
     )
+    response.headers["Location"] = user_location(user.id)
     return UserOut.model_validate(user)
 
 
@@ -84,6 +119,7 @@ async def create_user(
     response_model=UserOut,
     summary="Change role or active state (only the fields sent)",
     dependencies=[RequireJson, WriteRateLimit],
+    responses=error_responses(*WRITE_ERRORS, HTTPStatus.NOT_FOUND),
 )
 async def update_user(
     user_id: uuid.UUID,
@@ -101,6 +137,7 @@ async def update_user(
     response_model=UserOut,
     summary="Deactivate a user (is_active=false; nothing is deleted)",
     dependencies=[WriteRateLimit],
+    responses=error_responses(*MANAGER_ERRORS, *RATE_LIMITED_ERRORS, HTTPStatus.NOT_FOUND),
 )
 async def deactivate_user(
     user_id: uuid.UUID, actor: UserManager, users: UserServiceDep, session: DbSession

@@ -10,6 +10,7 @@ name the factory's arguments, which FastAPI could not resolve from strings later
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Annotated
 
 import structlog
@@ -23,6 +24,15 @@ from service.tenants.service import TENANT_HEADER, TenantClaim, TenantScope, res
 from service.tenants.wiring import TENANCY, Tenancy
 
 ClaimDependency = Callable[..., Awaitable[TenantClaim]]
+# What a route acting on the request's tenant may answer besides its own codes: no tenant
+# named (400), suspended (403), unknown or not served (404), no engine slot, pool or
+# database (503).
+TENANT_ERRORS = (
+    HTTPStatus.BAD_REQUEST,
+    HTTPStatus.FORBIDDEN,
+    HTTPStatus.NOT_FOUND,
+    HTTPStatus.SERVICE_UNAVAILABLE,
+)
 TenantHeader = Annotated[str | None, Header(alias=TENANT_HEADER)]
 
 

@@ -36,9 +36,15 @@ async def test_every_route_declares_a_response_model_and_the_error_envelope(
         if success_code != "204":  # No Content has no body to model
             success = responses[success_code]["content"]["application/json"]["schema"]
             assert "$ref" in success, f"{method} {path} has no response model"
-        for code in ("4XX", "5XX"):
-            ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
-            assert ref.endswith("/ErrorEnvelope"), f"{method} {path} {code}"
+        errors = {code: r for code, r in responses.items() if code[0] in "45"}
+        assert "500" in errors, f"{method} {path} does not declare a crash"
+        assert not {"4XX", "5XX"} & set(errors), f"{method} {path}: blanket codes"
+        for code, response in errors.items():
+            ref = response["content"]["application/json"]["schema"]["$ref"]
+            expected = (
+                "/ReadyResponse" if path.endswith("/ready") and code == "503" else "/ErrorEnvelope"
+            )
+            assert ref.endswith(expected), f"{method} {path} {code}"
         assert operation["tags"], f"{method} {path} has no tag"
 
 

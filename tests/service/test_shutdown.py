@@ -12,7 +12,7 @@ import signal
 
 import httpx
 
-from tests.conftest import SpawnFactory
+from tests.conftest import ServeFactory, SpawnFactory
 from tests.service.slow_app import DEFAULT_SECONDS, SLOW_PATH
 from tests.support import Spawned, connection_refused, free_port, process_env, wait_until_live
 
@@ -116,22 +116,13 @@ async def test_a_request_longer_than_the_graceful_timeout_does_not_hang_shutdown
     assert "shutdown_complete" in names, server.describe()
 
 
-async def test_serve_exits_0_after_a_sigterm_shutdown(
-    spawn: SpawnFactory, migrated_sqlite: str
-) -> None:
+async def test_serve_exits_0_after_a_sigterm_shutdown(serve: ServeFactory) -> None:
     """Real `python -m service serve` process (cmd_serve itself), idle, real SIGTERM."""
-    port = free_port()
-    env = process_env(
-        BERTH_ENVIRONMENT="test",
-        BERTH_DATABASE__URL=migrated_sqlite,
-        BERTH_HTTP__PORT=str(port),
-        BERTH_OBSERVABILITY__LOG_FORMAT="json",
-    )
-    server = spawn("-m", "service", "serve", env=env, name="serve")
-    await wait_until_live(f"http://127.0.0.1:{port}", server)
+    served = await serve()
+    server = served.process
 
     server.signal(signal.SIGTERM)
 
     assert await server.wait(timeout=10) == 0, server.describe()
     assert "shutdown_complete" in event_names(server)
-    assert await connection_refused(port)
+    assert await connection_refused(served.port)

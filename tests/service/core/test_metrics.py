@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +19,7 @@ from service.core.metrics import (
     LATENCY_BUCKETS,
 )
 from tests.conftest import ClientFactory
+from tests.support import connection_refused, free_port
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[str, list]:
@@ -115,3 +117,33 @@ async def test_two_apps_in_one_process_keep_separate_registries(
 
     assert counts_by_handler(await scrape(first))[("/api/v1/info", "GET", "200")] == 1
     assert ("/api/v1/info", "GET", "200") not in counts_by_handler(await scrape(second))
+
+
+async def test_with_a_metrics_port_metrics_leave_the_api_port(
+    probe_app: Callable[..., FastAPI], migrated_sqlite: str, client_for: ClientFactory
+) -> None:
+    """BERTH_OBSERVABILITY__METRICS_PORT: a listener of its own serves the same registry
+    (pool gauges refreshed on each scrape), and the API answers 404 for /metrics."""
+    port = free_port()
+    client = await client_for(probe_app(observability={"metrics_port": port}))
+    await client.post("/api/v1/test/items", json={"name": "x", "quantity": 1})
+
+    on_api = await client.get("/metrics")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as scraper:
+        samples = await scrape(scraper)
+
+    assert on_api.status_code == 404
+    assert counts_by_handler(samples)[("/api/v1/test/items", "POST", "200")] == 1
+    assert any(s.labels == {"pool": "control"} for s in samples[DB_POOL_SIZE])
+    assert BUILD_INFO in samples
+
+
+async def test_the_metrics_port_closes_with_the_app(
+    probe_app: Callable[..., FastAPI], migrated_sqlite: str
+) -> None:
+    port = free_port()
+    app = probe_app(observability={"metrics_port": port})
+
+    async with LifespanManager(app):
+        assert not await connection_refused(port)
+    assert await connection_refused(port)

@@ -27,9 +27,11 @@ from sqlalchemy import (
     Table,
     inspect,
 )
+from sqlalchemy.exc import IntegrityError
 
 from service.db import migrate
-from service.db.base import NAMING_CONVENTION, Base
+from service.db.base import NAMING_CONVENTION
+from service.migrations.metadata import CONTROL_PLANE_METADATA
 from tests.conftest import SpawnFactory
 from tests.support import (
     PG_CONSTRAINT_KINDS,
@@ -49,6 +51,12 @@ USERS_CONSTRAINTS = {
     "ck_users_tenant_matches_role": "CHECK",
 }
 USERS_INDEX = "ix_users_tenant_slug"
+# At head: emails unique per tenant (0003) instead of across all of them.
+HEAD_USERS_CONSTRAINTS = {
+    **{k: v for k, v in USERS_CONSTRAINTS.items() if k != "uq_users_email"},
+    "uq_users_tenant_email": "UNIQUE",
+}
+HEAD_USERS_INDEXES = {USERS_INDEX, "uq_users_platform_admin_email"}
 LOCK_KEY = migrate.advisory_lock_key(migrate.CONTROL_PLANE_LOCK)
 
 
@@ -273,10 +281,10 @@ async def test_two_concurrent_migrations_serialize_on_the_advisory_lock(
 
 def test_naming_convention_names_every_kind_of_constraint() -> None:
     """Pure SQLAlchemy metadata: the names Alembic will emit, including a foreign key."""
-    users = Base.metadata.tables["users"]
+    users = CONTROL_PLANE_METADATA.tables["users"]
     names = {constraint.name for constraint in users.constraints}
-    assert names == set(USERS_CONSTRAINTS)
-    assert {index.name for index in users.indexes} == {USERS_INDEX}
+    assert names == set(HEAD_USERS_CONSTRAINTS)
+    assert {index.name for index in users.indexes} == HEAD_USERS_INDEXES
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     Table("tenants", metadata, Column("id", Integer, primary_key=True))
@@ -300,7 +308,7 @@ def test_naming_convention_names_every_kind_of_constraint() -> None:
 
 def _differences(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection, opts={"compare_type": True})
-    return list(compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, CONTROL_PLANE_METADATA))
 
 
 async def test_models_match_the_migrated_postgres_schema(pg_database: str) -> None:
@@ -311,3 +319,29 @@ async def test_models_match_the_migrated_postgres_schema(pg_database: str) -> No
 async def test_models_match_the_migrated_sqlite_schema(migrated_sqlite: str) -> None:
     """Real SQLite file migrated to head; alembic's autogenerate comparison finds nothing."""
     assert await run_sync_on(migrated_sqlite, _differences) == []
+
+
+async def test_at_head_an_email_is_unique_per_tenant_and_among_platform_admins(
+    empty_pg_database: str,
+) -> None:
+    """0003 on the real PostgreSQL: one address may be in several tenants (and be a platform
+    admin's too), never twice in one tenant or twice among platform admins."""
+    await migrate.upgrade(empty_pg_database)
+    connection = await asyncpg.connect(asyncpg_dsn(empty_pg_database), timeout=5)
+    insert = (
+        "INSERT INTO users (id, email, password_hash, role, tenant_slug, is_active, "
+        "token_version) VALUES ($1, 'a@example.com', 'x', $2, $3, true, 0)"
+    )
+    try:
+        for role, tenant in (("member", "acme"), ("member", "globex"), ("platform_admin", None)):
+            await connection.execute(insert, uuid.uuid4(), role, tenant)
+        with pytest.raises(asyncpg.UniqueViolationError, match="uq_users_tenant_email"):
+            await connection.execute(insert, uuid.uuid4(), "admin", "acme")
+        with pytest.raises(asyncpg.UniqueViolationError, match="uq_users_platform_admin_email"):
+            await connection.execute(insert, uuid.uuid4(), "platform_admin", None)
+    finally:
+        await connection.close()
+    # Back to one address per user while one is shared: refused, and nothing is half done.
+    with pytest.raises(IntegrityError, match="uq_users_email"):
+        await migrate.downgrade(empty_pg_database, "0002")
+    assert await migrate.current_revision(empty_pg_database) == HEAD

@@ -25,6 +25,7 @@ from tests.service.identity.helpers import (
     REFRESH,
     REGISTER,
     TOKEN,
+    USERS,
     Api,
     auth,
     execute,
@@ -89,6 +90,68 @@ async def test_a_bad_login_body_lists_each_error_once(
 
     errors = assert_envelope(response, 422, "ValidationError", LOGIN)["data"]["errors"]
     assert [error["loc"] for error in errors] == expected
+
+
+async def test_answers_that_carry_credentials_are_never_stored_by_a_cache(api: Api) -> None:
+    """RFC 6749 5.1: token answers (and who the caller is) say no-store, errors included."""
+    user = await api.user()
+    tokens = await api.login(user)
+
+    answers = [
+        await api.client.post(LOGIN, json={"email": user.email, "password": user.password}),
+        await api.client.post(LOGIN, json={"email": user.email, "password": "wrong" * 3}),
+        await api.client.post(TOKEN, data={"username": user.email, "password": user.password}),
+        await api.refresh(tokens["refresh_token"]),
+        await api.refresh("not a token"),
+        await api.client.get(ME, headers=auth(tokens["access_token"])),
+        await api.client.get(ME),
+    ]
+
+    assert [a.status_code for a in answers] == [200, 401, 200, 200, 401, 200, 401]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["pragma"] == "no-cache"
+
+
+async def test_an_email_in_several_tenants_logs_in_with_its_tenant(api: Api) -> None:
+    """Emails are unique per tenant. Without `tenant`, an address held in two tenants names
+    no one (the usual 401); with it, each account logs into its own tenant."""
+    acme = await api.user(tenant_slug="acme", email="both@example.com")
+    globex = await api.user(
+        tenant_slug="globex", email="both@example.com", password="globex's own pw"
+    )
+
+    ambiguous = await api.client.post(LOGIN, json={"email": acme.email, "password": acme.password})
+    into_acme = await api.client.post(
+        LOGIN, json={"email": acme.email, "password": acme.password, "tenant": "acme"}
+    )
+    into_globex = await api.client.post(
+        TOKEN, data={"username": globex.email, "password": globex.password, "tenant": "globex"}
+    )
+    wrong_tenant = await api.client.post(
+        LOGIN, json={"email": acme.email, "password": acme.password, "tenant": "globex"}
+    )
+
+    assert_envelope(ambiguous, 401, "Unauthorized", LOGIN)
+    assert ambiguous.json()["message"] == "Invalid email or password"
+    assert_envelope(wrong_tenant, 401, "Unauthorized", LOGIN)
+    for answer, tenant in ((into_acme, "acme"), (into_globex, "globex")):
+        me = await api.client.get(ME, headers=auth(answer.json()["access_token"]))
+        assert me.json()["tenant_slug"] == tenant
+
+
+async def test_without_a_tenant_the_platform_admin_of_an_address_comes_first(api: Api) -> None:
+    admin = await api.user(role="platform_admin", email="shared@example.com")
+    member = await api.user(tenant_slug="acme", email="shared@example.com", password="member pw 12")
+
+    as_admin = await api.login(admin)
+    as_member = await api.client.post(
+        LOGIN, json={"email": member.email, "password": member.password, "tenant": "acme"}
+    )
+
+    me = await api.client.get(ME, headers=auth(as_admin["access_token"]))
+    assert me.json()["role"] == "platform_admin"
+    assert as_member.status_code == 200
 
 
 async def test_the_oauth2_password_form_logs_in_too(api: Api) -> None:
@@ -192,6 +255,44 @@ async def test_replaying_a_used_refresh_token_revokes_its_whole_family(api: Api)
     revoked = [fam for fam in families.values() if all(r.revoked_at for r in fam)]
     assert len(revoked) == 1
     assert len(revoked[0]) == 2
+
+
+async def test_a_replayed_refresh_token_also_ends_every_access_token_of_its_family(
+    api: Api,
+) -> None:
+    """The thief rotated first and holds the newest access token; the owner's replay is
+    detected, and from the next request on no access token minted in that family works,
+    the thief's included. Another session of the same user is not touched."""
+    user = await api.user()
+    owner = await api.login(user)
+    other_session = await api.login(user)
+    thief = (await api.refresh(owner["refresh_token"])).json()
+    assert await api.me_status(thief["access_token"]) == 200
+
+    replay = await api.refresh(owner["refresh_token"])
+
+    assert replay.status_code == 401
+    assert await api.me_status(thief["access_token"]) == 401
+    assert await api.me_status(owner["access_token"]) == 401
+    assert await api.me_status(other_session["access_token"]) == 200
+
+
+async def test_logout_ends_every_access_token_of_the_session(api: Api) -> None:
+    """Logging out with the session's refresh token ends the session: the access tokens
+    minted before the last rotation stop too, not just the one sent."""
+    user = await api.user()
+    first = await api.login(user)
+    second = (await api.refresh(first["refresh_token"])).json()
+
+    logout = await api.client.post(
+        LOGOUT,
+        json={"refresh_token": second["refresh_token"]},
+        headers=auth(second["access_token"]),
+    )
+
+    assert logout.status_code == 200
+    assert await api.me_status(first["access_token"]) == 401
+    assert await api.me_status(second["access_token"]) == 401
 
 
 async def test_unknown_and_expired_refresh_tokens_are_refused(api: Api) -> None:
@@ -336,8 +437,9 @@ async def test_register_creates_a_member_of_an_open_tenant_who_can_log_in(api: A
 
     response = await api.client.post(REGISTER, json=signup("open-co"))
 
-    assert response.status_code == 200
+    assert response.status_code == 201
     created = response.json()
+    assert response.headers["location"] == f"{USERS}/{created['id']}"
     assert (created["email"], created["role"]) == ("new.person@example.com", "member")
     assert (created["tenant_slug"], created["is_active"]) == ("open-co", True)
     login = await api.client.post(
@@ -367,17 +469,22 @@ async def test_register_with_an_empty_tenant_registry_is_unavailable(api: Api) -
     assert_envelope(response, 404, "NotFound", REGISTER)
 
 
-async def test_register_refuses_a_taken_email_and_a_weak_password(api: Api) -> None:
+async def test_register_refuses_an_email_taken_in_the_tenant_and_a_weak_password(
+    api: Api,
+) -> None:
     set_tenants(api.app, *REGISTRY)
-    existing = await api.user(tenant_slug="acme")
+    existing = await api.user(tenant_slug="open-co")
+    elsewhere = await api.user(tenant_slug="acme")
 
     taken = await api.client.post(REGISTER, json=signup("open-co", existing.email.upper()))
     weak = await api.client.post(
         REGISTER, json={"tenant": "open-co", "email": "x@example.com", "password": "short"}
     )
+    new_here = await api.client.post(REGISTER, json=signup("open-co", elsewhere.email))
 
     assert_envelope(taken, 409, "Conflict", REGISTER)
     assert_envelope(weak, 422, "ValidationError", REGISTER)
+    assert new_here.status_code == 201  # acme's user is not open-co's, and acme tells nothing
 
 
 # The whole flow on SQLite -----------------------------------------------------------------

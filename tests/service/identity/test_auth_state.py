@@ -120,11 +120,13 @@ async def redis_commands(redis_server: str, *fragments: str) -> AsyncIterator[li
 async def test_each_request_checks_revocation_and_state_in_one_mget(
     cached_api: CachedApi, redis_server: str
 ) -> None:
-    """A cold request: one MGET, then a SET of the row it read. A warm one: the MGET alone."""
+    """A cold request: one MGET (the token's and its family's revocation keys, the user's
+    state), then a SET of the row it read. A warm one: the MGET alone."""
     api = await cached_api()
     user = await api.user()
     headers = api.headers(user)
-    token_id = jwt.decode(headers["Authorization"][7:], options={"verify_signature": False})["jti"]
+    claims = jwt.decode(headers["Authorization"][7:], options={"verify_signature": False})
+    token_id, family = claims["jti"], claims["fam"]
     key = auth_state_key(user.id)
 
     async with redis_commands(redis_server, user.id.hex, token_id) as cold:
@@ -132,7 +134,7 @@ async def test_each_request_checks_revocation_and_state_in_one_mget(
     async with redis_commands(redis_server, user.id.hex, token_id) as warm:
         assert (await me(api, headers)).status_code == 200
 
-    mget = ["MGET", f"berth:auth:revoked:{token_id}", key]
+    mget = ["MGET", f"berth:auth:revoked:{token_id}", f"berth:auth:revoked-family:{family}", key]
     assert [command[0] for command in cold] == ["MGET", "SET"]
     assert cold[0] == mget
     assert warm == [mget]

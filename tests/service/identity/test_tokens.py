@@ -30,7 +30,7 @@ from tests.service.identity.helpers import ME, Api, auth, forge, write_key_pair
 from tests.support import KnownUser, assert_envelope
 
 SECRET = "s" * 48
-CLAIMS = {"iss", "aud", "sub", "tid", "role", "jti", "iat", "exp", "ver"}
+CLAIMS = {"iss", "aud", "sub", "tid", "role", "jti", "iat", "exp", "ver", "fam"}
 
 
 async def key_api(
@@ -62,6 +62,7 @@ def good_claims(user: KnownUser, **changes: Any) -> dict[str, Any]:
         "iat": now,
         "exp": now + 300,
         "ver": 0,
+        "fam": uuid.uuid4().hex,
     }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not ...}
@@ -137,6 +138,8 @@ async def test_an_rs256_token_is_refused_by_an_hs256_service(api: Api) -> None:
         pytest.param({"iss": "evil"}, id="wrong-issuer"),
         pytest.param({"exp": int(time.time()) - 60}, id="expired"),
         pytest.param({"ver": ...}, id="missing-ver"),
+        pytest.param({"fam": ...}, id="missing-fam"),
+        pytest.param({"fam": "not-a-uuid"}, id="malformed-fam"),
         pytest.param({"jti": ...}, id="missing-jti"),
         pytest.param({"sub": "not-a-uuid"}, id="malformed-sub"),
         pytest.param({"ver": "0"}, id="string-ver"),
@@ -158,7 +161,12 @@ async def test_an_expired_token_from_the_service_itself_is_refused(api: Api) -> 
     codec: TokenCodec = container_of(api.app).identity.tokens
     past = datetime.now(UTC) - timedelta(seconds=codec.ttl.total_seconds() + 5)
     token = codec.issue(
-        user_id=user.id, tenant_slug=user.tenant_slug, role=user.role, token_version=0, now=past
+        user_id=user.id,
+        tenant_slug=user.tenant_slug,
+        role=user.role,
+        token_version=0,
+        family_id=uuid.uuid4(),
+        now=past,
     )
 
     assert_refused(await api.client.get(ME, headers=auth(token.token)))
@@ -232,7 +240,9 @@ def test_the_public_key_is_derived_when_only_the_private_key_is_configured(
     codec = TokenCodec(AuthSettings(jwt_algorithm="EdDSA", jwt_private_key_file=private))
     user_id = uuid.uuid4()
 
-    token = codec.issue(user_id=user_id, tenant_slug="acme", role="member", token_version=3)
+    token = codec.issue(
+        user_id=user_id, tenant_slug="acme", role="member", token_version=3, family_id=uuid.uuid4()
+    )
     claims = codec.decode(token.token)
 
     assert (claims.user_id, claims.tenant_slug, claims.token_version) == (user_id, "acme", 3)
@@ -262,7 +272,13 @@ def reencoded_payload(token: str, **changes: Any) -> str:
 
 def test_a_token_verified_while_valid_is_refused_once_it_has_expired() -> None:
     codec = hs256_codec()
-    issued = codec.issue(user_id=uuid.uuid4(), tenant_slug="acme", role="member", token_version=0)
+    issued = codec.issue(
+        user_id=uuid.uuid4(),
+        tenant_slug="acme",
+        role="member",
+        token_version=0,
+        family_id=uuid.uuid4(),
+    )
     codec.decode(issued.token)  # verified and cached while valid
 
     just_before = codec.decode(issued.token, now=issued.expires_at - timedelta(seconds=1))
@@ -277,7 +293,13 @@ def test_a_token_verified_while_valid_is_refused_once_it_has_expired() -> None:
 
 def test_a_modified_copy_of_a_cached_token_is_refused() -> None:
     codec = hs256_codec()
-    issued = codec.issue(user_id=uuid.uuid4(), tenant_slug="acme", role="member", token_version=0)
+    issued = codec.issue(
+        user_id=uuid.uuid4(),
+        tenant_slug="acme",
+        role="member",
+        token_version=0,
+        family_id=uuid.uuid4(),
+    )
     original = codec.decode(issued.token)
     header, payload, signature = issued.token.split(".")
     middle = len(signature) // 2  # not the last character, whose low bits base64 ignores
@@ -299,7 +321,13 @@ def test_a_modified_copy_of_a_cached_token_is_refused() -> None:
 
 def test_a_token_cached_by_one_codec_is_refused_by_a_codec_with_another_key() -> None:
     ours, theirs = hs256_codec(), hs256_codec("t" * 48)
-    issued = theirs.issue(user_id=uuid.uuid4(), tenant_slug=None, role="member", token_version=0)
+    issued = theirs.issue(
+        user_id=uuid.uuid4(),
+        tenant_slug=None,
+        role="member",
+        token_version=0,
+        family_id=uuid.uuid4(),
+    )
     theirs.decode(issued.token)
 
     with pytest.raises(InvalidToken):
@@ -314,6 +342,7 @@ def test_a_refused_token_is_checked_again_every_time() -> None:
         tenant_slug="acme",
         role="member",
         token_version=0,
+        family_id=uuid.uuid4(),
         now=datetime.now(UTC) - timedelta(days=1),
     )
 

@@ -151,8 +151,9 @@ async def test_a_tenant_admin_creates_members_and_admins_in_the_own_tenant(api: 
 
     response = await api.client.post(USERS, json=body, headers=api.headers(admin))
 
-    assert response.status_code == 200
+    assert response.status_code == 201
     created = response.json()
+    assert response.headers["location"] == f"{USERS}/{created['id']}"
     assert created["email"] == "invited.person@example.com"
     assert (created["role"], created["tenant_slug"], created["is_active"]) == (
         "admin",
@@ -173,11 +174,11 @@ async def test_a_tenant_admin_creates_members_and_admins_in_the_own_tenant(api: 
         pytest.param("owner", {"role": "platform_admin"}, 403, id="owner-creates-platform-admin"),
         pytest.param("admin", {"tenant_slug": "globex"}, 403, id="admin-other-tenant"),
         pytest.param("owner", {"tenant_slug": "globex"}, 403, id="owner-other-tenant"),
-        pytest.param("owner", {"role": "owner"}, 200, id="owner-creates-owner"),
-        pytest.param("owner", {"tenant_slug": "acme"}, 200, id="owner-names-own-tenant"),
-        pytest.param("platform_admin", {"role": "platform_admin"}, 200, id="pa-creates-pa"),
+        pytest.param("owner", {"role": "owner"}, 201, id="owner-creates-owner"),
+        pytest.param("owner", {"tenant_slug": "acme"}, 201, id="owner-names-own-tenant"),
+        pytest.param("platform_admin", {"role": "platform_admin"}, 201, id="pa-creates-pa"),
         pytest.param(
-            "platform_admin", {"role": "owner", "tenant_slug": "globex"}, 200, id="pa-any-tenant"
+            "platform_admin", {"role": "owner", "tenant_slug": "globex"}, 201, id="pa-any-tenant"
         ),
         pytest.param("platform_admin", {"role": "member"}, 422, id="pa-tenant-role-no-tenant"),
         pytest.param(
@@ -204,19 +205,50 @@ async def test_create_rules(api: Api, actor_role: str, body: dict[str, Any], sta
 
     assert response.status_code == status, response.text
     created = await _emails(api)
-    assert (payload["email"] in created) is (status == 200)
+    assert (payload["email"] in created) is (status == 201)
 
 
 async def _emails(api: Api) -> set[str]:
     return {row[0] for row in await query(api.database_url, select(User.email))}
 
 
-async def test_a_taken_email_is_a_409_whatever_its_case(api: Api) -> None:
+async def test_an_email_taken_in_the_tenant_is_a_409_whatever_its_case(api: Api) -> None:
     owner = await api.user(role="owner")
     existing = await api.user(role="member")
 
     response = await api.client.post(
         USERS, json=new_user(email=existing.email.upper()), headers=api.headers(owner)
+    )
+
+    assert_envelope(response, 409, "Conflict", USERS)
+
+
+async def test_an_email_used_in_another_tenant_tells_nothing_and_is_a_new_account(
+    api: Api,
+) -> None:
+    """Emails are unique per tenant: acme's owner invites an address globex already has;
+    the answer is the usual 201, and the two accounts are two people's (or one person's two)."""
+    outsider = await api.user(role="member", tenant_slug="globex")
+    owner = await api.user(role="owner", tenant_slug="acme")
+
+    response = await api.client.post(
+        USERS, json=new_user(email=outsider.email), headers=api.headers(owner)
+    )
+
+    assert response.status_code == 201, response.text
+    assert (response.json()["email"], response.json()["tenant_slug"]) == (outsider.email, "acme")
+    rows = await query(
+        api.database_url, select(User.tenant_slug).where(User.email == outsider.email)
+    )
+    assert sorted(row[0] for row in rows) == ["acme", "globex"]
+
+
+async def test_platform_admins_share_no_email_among_themselves(api: Api) -> None:
+    admin = await api.user(role="platform_admin")
+    other = await api.user(role="platform_admin")
+
+    response = await api.client.post(
+        USERS, json=new_user(email=other.email, role="platform_admin"), headers=api.headers(admin)
     )
 
     assert_envelope(response, 409, "Conflict", USERS)

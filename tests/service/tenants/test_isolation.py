@@ -18,6 +18,7 @@ from sqlalchemy import make_url, select, text
 
 from service.articles.models import Article
 from service.core.config import DatabaseSettings, TenantSettings
+from service.db import migrate
 from service.db.engine import session_scope
 from service.tenants.engines import TenantEngines
 from service.tenants.provisioning import tenant_names
@@ -54,6 +55,29 @@ async def test_a_tenant_role_cannot_connect_to_another_tenant_database(
     with pytest.raises(psycopg.OperationalError, match="permission denied for database") as raised:
         await psycopg.AsyncConnection.connect(as_role_of(a, b), connect_timeout=5)
     assert raised.value.sqlstate in (None, INSUFFICIENT_PRIVILEGE)
+
+
+async def test_a_tenant_role_cannot_connect_to_the_control_plane(
+    provision: ProvisionFactory, empty_pg_database: str
+) -> None:
+    """The control-plane migrations (0004) take CONNECT away from PUBLIC and give it to the
+    role that runs them, the service's: no tenant reaches users and tokens, nor their names."""
+    await migrate.upgrade(empty_pg_database)
+    tenant = await provision("iso-cp", migrate=False)
+    control_plane = make_url(empty_pg_database).database
+    as_tenant = (
+        make_url(tenant.database_url.get_secret_value())
+        .set(drivername="postgresql", database=control_plane)
+        .render_as_string(hide_password=False)
+    )
+
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+        await asyncpg.connect(as_tenant, timeout=5)
+    service = await asyncpg.connect(asyncpg_dsn(empty_pg_database), timeout=5)
+    try:
+        assert await service.fetchval("SELECT count(*) FROM users") == 0
+    finally:
+        await service.close()
 
 
 async def test_a_role_with_no_grants_can_connect_to_no_tenant_database(

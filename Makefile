@@ -11,7 +11,7 @@ export UV_PYTHON := $(PYTHON)
 # written, and every start would pay ~2.5 s of compiling.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install run test lint format bench openapi clean
+.PHONY: install run test test-tools lint format bench openapi clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -28,8 +28,11 @@ run: install  ## migrate, seed the demo tenant, serve on http://127.0.0.1:8000 (
 	$(PY) -m service seed-demo
 	$(PY) -m service serve
 
-test: install  ## the whole suite (real PostgreSQL and Redis on 127.0.0.1)
+test: install test-tools  ## the whole suite (real PostgreSQL, Redis, a Kubernetes API server)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-tools:  ## etcd (for the test Kubernetes API server) and friends, with apt-get if missing
+	@scripts/install-test-tools
 
 lint: install  ## ruff format + lint, mypy --strict
 	$(VENV)/bin/ruff format --check .

@@ -23,6 +23,7 @@ from service.container import build_container
 from service.core.config import Settings
 from service.db import migrate
 from service.main import create_app
+from tests.pg_cluster import ScramCluster, scram_cluster
 from tests.support import (
     PG_ADMIN_URL,
     REDIS_URL,
@@ -102,6 +103,14 @@ async def empty_pg_database(pg_server: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all, for migration tests."""
     async with _throwaway_database(pg_server) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def scram_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScramCluster]:
+    """A throwaway PostgreSQL that really checks passwords (scram-sha-256): the one on
+    127.0.0.1:5432 trusts local connections, so only this one proves a password refused."""
+    with scram_cluster(tmp_path_factory.mktemp("scram")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

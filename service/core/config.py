@@ -203,9 +203,18 @@ class CacheSettings(BaseModel):
     article_ttl_seconds: int = Field(default=60, ge=1, le=86_400)
 
 
-class ObservabilitySettings(BaseModel):
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console", "auto"] = "auto"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["json", "console", "auto"]
+
+
+class LogSettings(BaseModel):
+    """How a berth process logs (the service and the operator share the format)."""
+
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
+
+
+class ObservabilitySettings(LogSettings):
     metrics_enabled: bool = True
     # Serve /metrics on this port instead of the API's (0.0.0.0 or BERTH_HTTP__HOST), so the
     # Service an Ingress exposes carries no metrics; unset: /metrics on the API port.
@@ -259,9 +268,9 @@ class Settings(BaseSettings):
         return self.http.docs_enabled
 
 
-def env_name(*path: str) -> str:
+def env_name(*path: str, prefix: str = ENV_PREFIX) -> str:
     """The environment variable that sets a (nested) field, e.g. BERTH_DATABASE__URL."""
-    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in path)
+    return prefix + ENV_NESTED_DELIMITER.join(part.upper() for part in path)
 
 
 def production_problems(settings: Settings) -> list[str]:
@@ -324,11 +333,11 @@ def ensure_safe(settings: Settings) -> None:
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems))
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, *, prefix: str = ENV_PREFIX) -> str:
     """One line naming the environment variable of each invalid setting."""
     return "; ".join(
-        f"{env_name(*(str(part) for part in error['loc']))}: {error['msg']}"
-        for error in exc.errors()
+        f"{env_name(*(str(part) for part in error['loc']), prefix=prefix)}: {error['msg']}"
+        for error in exc.errors(include_input=False)
     )
 
 

@@ -19,7 +19,7 @@ import orjson
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-from service.core.config import ObservabilitySettings
+from service.core.config import LogSettings
 
 # Field names: defined once, used by the middleware, the tests and the log shippers' docs.
 REQUEST_ID = "request_id"
@@ -167,7 +167,7 @@ def _renderer(log_format: str, stream: TextIO) -> Processor:
 
 
 def configure_logging(
-    settings: ObservabilitySettings, *, with_trace: bool = False, stream: TextIO | None = None
+    settings: LogSettings, *, with_trace: bool = False, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the stdlib loggers; safe to call more than once."""
     out: TextIO = stream or _CurrentStdout()  # type: ignore[assignment]

@@ -31,7 +31,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     import psycopg
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.tenants.provisioning import ProvisioningError
+    from service.tenants.postgres import ProvisioningError
 
     return (ProvisioningError, psycopg.Error, SQLAlchemyError, OSError)
 

@@ -293,10 +293,15 @@ def entry_json(entry: TenantEntry) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def entry_path(directory: Path, slug: str) -> Path:
+def entry_file_name(slug: str) -> str:
+    """`<slug>.json`: the entry's file name, and its key in the operator's Secret."""
     if not is_valid_tenant_slug(slug):
         raise ValueError("not a valid tenant slug")
-    return directory / f"{slug}{ENTRY_SUFFIX}"
+    return f"{slug}{ENTRY_SUFFIX}"
+
+
+def entry_path(directory: Path, slug: str) -> Path:
+    return directory / entry_file_name(slug)
 
 
 def write_entry(directory: Path, entry: TenantEntry) -> Path:

@@ -21,7 +21,7 @@ from service.core.logging import get_logger
 from service.db.dependencies import DbSession
 from service.identity.models import User
 from service.main import create_app
-from service.tenants import provisioning
+from service.tenants import postgres, provisioning
 from service.tenants.migrate import upgrade_tenant
 from service.tenants.registry import TenantRegistry, write_entry
 from service.tenants.schemas import TenantEntry, TenantStatus
@@ -210,4 +210,4 @@ async def provision(pg_server: str) -> AsyncIterator[ProvisionFactory]:
 
     yield factory
     for slug in created:
-        await provisioning.drop_postgres(pg_server, slug)
+        await postgres.drop_postgres(pg_server, slug)

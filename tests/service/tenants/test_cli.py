@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from service.tenants.migrate import downgrade_tenant
-from service.tenants.provisioning import drop_postgres, tenant_names
+from service.tenants.postgres import drop_postgres, tenant_names
 from service.tenants.schemas import TenantEntry
 from tests.conftest import SpawnFactory
 from tests.service.tenants.conftest import unique_slug

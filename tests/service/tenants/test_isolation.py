@@ -21,7 +21,7 @@ from service.core.config import DatabaseSettings, TenantSettings
 from service.db import migrate
 from service.db.engine import session_scope
 from service.tenants.engines import TenantEngines
-from service.tenants.provisioning import tenant_names
+from service.tenants.postgres import tenant_names
 from service.tenants.schemas import TenantEntry
 from tests.service.tenants.conftest import ProvisionFactory
 from tests.support import PG_ADMIN_URL, asyncpg_dsn

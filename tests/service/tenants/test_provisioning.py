@@ -13,13 +13,9 @@ import pytest
 from sqlalchemy import make_url
 
 from service.core.config import TenantSettings
-from service.tenants import provisioning
-from service.tenants.provisioning import (
-    ProvisioningError,
-    create_tenant,
-    delete_tenant,
-    tenant_names,
-)
+from service.tenants import postgres, provisioning
+from service.tenants.postgres import ProvisioningError, tenant_names
+from service.tenants.provisioning import create_tenant, delete_tenant
 from service.tenants.registry import TenantRegistry, entry_path, write_entry
 from service.tenants.schemas import TenantStatus
 from tests.service.tenants.conftest import ProvisionFactory, sqlite_entry, unique_slug
@@ -148,7 +144,7 @@ async def test_provisioning_finishes_the_job_after_a_crash_left_only_the_role(
         await provisioning.provision_postgres(pg_server, slug)
         assert_locked_down(await database_facts(pg_server, slug), role)
     finally:
-        await provisioning.drop_postgres(pg_server, slug)
+        await postgres.drop_postgres(pg_server, slug)
 
 
 @pytest.fixture
@@ -178,9 +174,9 @@ async def test_a_non_superuser_admin_provisions_and_drops_a_tenant(
         assert make_url(url).username == names.role
         assert_locked_down(await database_facts(pg_server, slug), names.role)
 
-        await provisioning.drop_postgres(non_superuser_admin, slug)
+        await postgres.drop_postgres(non_superuser_admin, slug)
     finally:
-        await provisioning.drop_postgres(pg_server, slug)  # whatever happened above
+        await postgres.drop_postgres(pg_server, slug)  # whatever happened above
     admin = await admin_connection(pg_server)
     try:
         assert await admin.fetchval(
@@ -202,7 +198,7 @@ NAMES = [
 
 @pytest.mark.parametrize(("slug", "name"), NAMES)
 def test_names_come_from_the_slug(slug: str, name: str) -> None:
-    assert tenant_names(slug) == provisioning.TenantNames(role=name, database=name)
+    assert tenant_names(slug) == postgres.TenantNames(role=name, database=name)
 
 
 @pytest.mark.parametrize(
@@ -263,9 +259,10 @@ async def test_a_postgres_tenant_is_registered_with_its_own_role_and_dropped(
         assert entry_path(settings.registry_dir, slug).exists()
 
         deletion = await delete_tenant(settings, slug, drop=True, admin_url=pg_server)
-        assert deletion.dropped == f"database {tenant_names(slug).database}"
+        names = tenant_names(slug)
+        assert deletion.dropped == f"database {names.database} and role {names.role}"
     finally:
-        await provisioning.drop_postgres(pg_server, slug)
+        await postgres.drop_postgres(pg_server, slug)
 
 
 async def test_a_tenant_is_not_moved_between_backends_silently(

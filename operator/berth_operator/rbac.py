@@ -1,0 +1,94 @@
+"""The RBAC the operator needs, defined once: the chart renders it, the end-to-end test
+binds exactly this to the operator's ServiceAccount (RBAC is enforced there, so a missing or
+an excess rule shows).
+
+In each namespace it watches: Tenants (watch them, patch kopf's finalizer and annotations),
+their status, Secrets (read a server's admin URL; create and update the tenants' credentials
+and the registry; no list or watch: it never needs to see other Secrets), Events (create).
+In its own namespace: the single-instance Lease, and the default server's Secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from berth_operator.resource import GROUP, MANAGER, PLURAL
+
+Manifest = dict[str, Any]
+
+TENANT_NAMESPACE_RULES: list[Manifest] = [
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+OPERATOR_NAMESPACE_RULES: list[Manifest] = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]
+TENANTS_ROLE = f"{MANAGER}-tenants"
+OWN_ROLE = f"{MANAGER}-lease"
+
+
+def _role(kind: str, name: str, namespace: str | None, rules: list[Manifest]) -> Manifest:
+    metadata: Manifest = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "rules": rules,
+    }
+
+
+def _binding(
+    kind: str, role_kind: str, name: str, namespace: str | None, account: tuple[str, str]
+) -> Manifest:
+    metadata: Manifest = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    account_namespace, account_name = account
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": account_name, "namespace": account_namespace}
+        ],
+    }
+
+
+def manifests(
+    operator_namespace: str, service_account: str, watched: list[str] | None = None
+) -> list[Manifest]:
+    """Roles and bindings for an operator in `operator_namespace` watching `watched`
+    namespaces (None or empty: every namespace, through a ClusterRole)."""
+    account = (operator_namespace, service_account)
+    out = [
+        _role("Role", OWN_ROLE, operator_namespace, OPERATOR_NAMESPACE_RULES),
+        _binding("RoleBinding", "Role", OWN_ROLE, operator_namespace, account),
+    ]
+    if not watched:
+        out.append(_role("ClusterRole", TENANTS_ROLE, None, TENANT_NAMESPACE_RULES))
+        out.append(_binding("ClusterRoleBinding", "ClusterRole", TENANTS_ROLE, None, account))
+        return out
+    for namespace in watched:
+        out.append(_role("Role", TENANTS_ROLE, namespace, TENANT_NAMESPACE_RULES))
+        out.append(_binding("RoleBinding", "Role", TENANTS_ROLE, namespace, account))
+    return out
+
+
+def render_yaml(
+    operator_namespace: str, service_account: str, watched: list[str] | None = None
+) -> str:
+    return yaml.safe_dump_all(
+        manifests(operator_namespace, service_account, watched), sort_keys=False
+    )

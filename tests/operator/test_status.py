@@ -1,0 +1,128 @@
+"""Status rendering: conditions move their lastTransitionTime only when their status moves,
+a failure says which step and why, and only news makes an Event."""
+
+from __future__ import annotations
+
+import pytest
+from berth_operator import status as statuses
+from berth_operator.resource import ConditionStatus, ConditionType, Phase, ServerRef, TenantStatus
+from berth_operator.status import Failure, Provisioned, Step
+
+SERVER = ServerRef(secret_namespace="prod", secret_name="pg", secret_key="url")
+DONE = Provisioned(
+    database="tenant_acme",
+    schema_version="0001",
+    credentials_secret="berth-tenant-acme",
+    server=SERVER,
+    rotation=None,
+    suspended=False,
+)
+
+
+def of(status: TenantStatus) -> dict[ConditionType, tuple[ConditionStatus, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_a_new_tenant_is_provisioning_with_every_condition_unknown() -> None:
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=1)
+
+    assert first.phase is Phase.PROVISIONING
+    assert first.server == SERVER
+    assert {status for status, _ in of(first).values()} == {ConditionStatus.UNKNOWN}
+    assert [c.type for c in first.conditions] == list(statuses.CONDITION_ORDER)
+
+
+def test_ready_sets_everything_and_observes_the_generation() -> None:
+    ready = statuses.ready(TenantStatus(), DONE, generation=3)
+
+    assert (ready.phase, ready.observed_generation, ready.schema_version) == (
+        Phase.READY,
+        3,
+        "0001",
+    )
+    assert {status for status, _ in of(ready).values()} == {ConditionStatus.TRUE}
+
+
+def test_a_transition_time_moves_only_when_the_status_does() -> None:
+    ready = statuses.ready(TenantStatus(), DONE, generation=1)
+    aged = ready.model_copy(
+        update={
+            "conditions": [
+                c.model_copy(update={"last_transition_time": "2020-01-01T00:00:00Z"})
+                for c in ready.conditions
+            ]
+        }
+    )
+    failure = Failure(Step.MIGRATIONS, "MigrationFailed", "boom", temporary=False)
+
+    again = statuses.ready(aged, DONE, generation=2)
+    failed = statuses.failed(aged, failure, generation=2)
+
+    assert {c.last_transition_time for c in again.conditions} == {"2020-01-01T00:00:00Z"}
+    times = {c.type: c.last_transition_time for c in failed.conditions}
+    assert times[ConditionType.DATABASE_READY] == "2020-01-01T00:00:00Z"
+    assert times[ConditionType.MIGRATED] != "2020-01-01T00:00:00Z"
+    assert times[ConditionType.READY] != "2020-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("step", "condition"),
+    [
+        (Step.SERVER, ConditionType.DATABASE_READY),
+        (Step.DATABASE, ConditionType.DATABASE_READY),
+        (Step.MIGRATIONS, ConditionType.MIGRATED),
+        (Step.CREDENTIALS, ConditionType.CREDENTIALS_READY),
+        (Step.REGISTRY, ConditionType.READY),
+    ],
+)
+def test_a_failure_names_its_step_and_keeps_the_steps_before_it(
+    step: Step, condition: ConditionType
+) -> None:
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=1)
+
+    failed = statuses.failed(first, Failure(step, "Why", "what", temporary=True), generation=1)
+
+    conditions = of(failed)
+    assert conditions[condition] == (ConditionStatus.FALSE, "Why")
+    assert conditions[ConditionType.READY] == (ConditionStatus.FALSE, "Why")
+    before = statuses.CONDITION_OF[list(Step)[max(list(Step).index(step) - 1, 0)]]
+    if before is not condition:
+        assert conditions[before][0] is ConditionStatus.TRUE
+
+
+def test_temporary_failures_keep_provisioning_permanent_ones_fail_and_observe() -> None:
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=2)
+    temporary = Failure(Step.DATABASE, "ServerUnreachable", "down", temporary=True, retry_seconds=8)
+    permanent = Failure(Step.DATABASE, "OwnershipConflict", "not ours", temporary=False)
+
+    retrying = statuses.failed(first, temporary, generation=2)
+    refused = statuses.failed(first, permanent, generation=2)
+    served_then_down = statuses.failed(
+        statuses.ready(first, DONE, generation=2), temporary, generation=2
+    )
+
+    assert (retrying.phase, retrying.observed_generation) == (Phase.PROVISIONING, None)
+    assert "down (retrying in 8s)" in retrying.conditions[-1].message
+    assert (refused.phase, refused.observed_generation) == (Phase.FAILED, 2)
+    assert served_then_down.phase is Phase.FAILED
+
+
+def test_only_a_new_failure_is_news() -> None:
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=1)
+    failure = Failure(Step.DATABASE, "ServerUnreachable", "down", temporary=True, retry_seconds=2)
+    reported = statuses.failed(first, failure, generation=1)
+    later = Failure(Step.DATABASE, "ServerUnreachable", "down", temporary=True, retry_seconds=4)
+    other = Failure(Step.DATABASE, "OwnershipConflict", "not ours", temporary=False)
+
+    assert statuses.is_news(first, failure)
+    assert not statuses.is_news(reported, later)
+    assert statuses.is_news(reported, other)
+
+
+def test_deleting_says_what_it_is_doing() -> None:
+    deleting = statuses.deleting(
+        statuses.ready(TenantStatus(), DONE, generation=1), "removing", generation=1
+    )
+
+    assert deleting.phase is Phase.DELETING
+    assert of(deleting)[ConditionType.READY] == (ConditionStatus.FALSE, "Deleting")

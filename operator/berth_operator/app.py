@@ -13,6 +13,7 @@ import kopf
 from lightkube import AsyncClient, KubeConfig
 
 from berth_operator.config import OperatorSettings
+from berth_operator.crd_deletion import CrdDeletionWatcher
 from berth_operator.handlers import build_registry, kopf_settings
 from berth_operator.kube import Kube
 from berth_operator.lease import LeaseGuard, LeaseLost
@@ -87,6 +88,8 @@ async def run(app: OperatorApp, *, stop: asyncio.Event | None = None) -> int:
         if not await guard.acquire(stop):
             return 0
         keeper = asyncio.create_task(guard.keep(stop))
+        watcher = CrdDeletionWatcher(app.client, app.reconciler, settings.namespaces)
+        watching = asyncio.create_task(watcher.run(stop))
         try:
             await kopf.operator(
                 registry=build_registry(app.reconciler, settings, app.kube_config),
@@ -99,6 +102,7 @@ async def run(app: OperatorApp, *, stop: asyncio.Event | None = None) -> int:
             )
         finally:
             stop.set()
+            await watching
             lost = await _settle(keeper)
         if lost:
             return EXIT_LEASE_LOST

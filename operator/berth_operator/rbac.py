@@ -6,6 +6,7 @@ In each namespace it watches: Tenants (watch them, patch kopf's finalizer and an
 their status, Secrets (read a server's admin URL; create and update the tenants' credentials
 and the registry; no list or watch: it never needs to see other Secrets), Events (create).
 In its own namespace: the single-instance Lease, and the default server's Secret.
+Cluster-wide: `get` on the one CRD tenants.berth.dev, to finish Tenants while it is deleted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from berth_operator.resource import GROUP, MANAGER, PLURAL
+from berth_operator.resource import CRD_NAME, GROUP, MANAGER, PLURAL
 
 Manifest = dict[str, Any]
 
@@ -32,8 +33,18 @@ OPERATOR_NAMESPACE_RULES: list[Manifest] = [
     },
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]
+# Cluster-wide, but for one object: to notice the CRD being deleted (berth_operator.crd_deletion).
+CRD_RULES: list[Manifest] = [
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "resourceNames": [CRD_NAME],
+        "verbs": ["get"],
+    }
+]
 TENANTS_ROLE = f"{MANAGER}-tenants"
 OWN_ROLE = f"{MANAGER}-lease"
+CRD_ROLE = f"{MANAGER}-crd"
 
 
 def _role(kind: str, name: str, namespace: str | None, rules: list[Manifest]) -> Manifest:
@@ -72,13 +83,20 @@ def manifests(
     """Roles and bindings for an operator in `operator_namespace` watching `watched`
     namespaces (None or empty: every namespace, through a ClusterRole)."""
     account = (operator_namespace, service_account)
+    # Cluster-scoped names are shared by every install: the operator's namespace tells them apart.
+    crd_role = f"{CRD_ROLE}-{operator_namespace}"
+    tenants_cluster_role = f"{TENANTS_ROLE}-{operator_namespace}"
     out = [
         _role("Role", OWN_ROLE, operator_namespace, OPERATOR_NAMESPACE_RULES),
         _binding("RoleBinding", "Role", OWN_ROLE, operator_namespace, account),
+        _role("ClusterRole", crd_role, None, CRD_RULES),
+        _binding("ClusterRoleBinding", "ClusterRole", crd_role, None, account),
     ]
     if not watched:
-        out.append(_role("ClusterRole", TENANTS_ROLE, None, TENANT_NAMESPACE_RULES))
-        out.append(_binding("ClusterRoleBinding", "ClusterRole", TENANTS_ROLE, None, account))
+        out.append(_role("ClusterRole", tenants_cluster_role, None, TENANT_NAMESPACE_RULES))
+        out.append(
+            _binding("ClusterRoleBinding", "ClusterRole", tenants_cluster_role, None, account)
+        )
         return out
     for namespace in watched:
         out.append(_role("Role", TENANTS_ROLE, namespace, TENANT_NAMESPACE_RULES))

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 
 import kopf
 from lightkube import AsyncClient, KubeConfig
 
+from berth_operator.bindings import BindingGuard
 from berth_operator.config import OperatorSettings
 from berth_operator.crd_deletion import CrdDeletionWatcher
 from berth_operator.handlers import build_registry, kopf_settings
@@ -27,6 +30,8 @@ from service.core.metrics import serve_metrics
 log = get_logger(__name__)
 
 EXIT_LEASE_LOST = 3
+# The CRD appeared after start: kopf serves it only after a restart (the kubelet's).
+EXIT_RESTART = 4
 LIVENESS_PATH = "/healthz"
 
 
@@ -84,12 +89,16 @@ async def run(app: OperatorApp, *, stop: asyncio.Event | None = None) -> int:
         if settings.metrics_port
         else None
     )
+    _stop_on_signals(stop)  # while waiting for the Lease; kopf installs its own later
     try:
         if not await guard.acquire(stop):
             return 0
         keeper = asyncio.create_task(guard.keep(stop))
         watcher = CrdDeletionWatcher(app.client, app.reconciler, settings.namespaces)
-        watching = asyncio.create_task(watcher.run(stop))
+        watching = [asyncio.create_task(watcher.run(stop))]
+        if settings.namespaces:  # cluster-wide, a ClusterRoleBinding needs no guard
+            guard_bindings = BindingGuard(app.client, settings.namespaces)
+            watching.append(asyncio.create_task(guard_bindings.run(stop)))
         try:
             await kopf.operator(
                 registry=build_registry(app.reconciler, settings, app.kube_config),
@@ -102,16 +111,27 @@ async def run(app: OperatorApp, *, stop: asyncio.Event | None = None) -> int:
             )
         finally:
             stop.set()
-            await watching
+            await asyncio.gather(*watching)
             lost = await _settle(keeper)
         if lost:
             return EXIT_LEASE_LOST
+        if watcher.restart_requested:
+            await guard.release()
+            return EXIT_RESTART
         await guard.release()
         return 0
     finally:
         if stop_metrics is not None:
             stop_metrics()
         await app.close()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread's loop
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
 
 
 async def _settle(keeper: asyncio.Task[None]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from berth_operator.resource import SECRET_KEY_PATTERN, SECRET_NAME_PATTERN
@@ -15,6 +15,7 @@ from service.core.config import (
     LogSettings,
     describe_validation_error,
     env_name,
+    split_commas,
 )
 
 ENV_PREFIX = "BERTH_OPERATOR__"
@@ -38,8 +39,14 @@ class LeaseSettings(BaseModel):
     """The Lease that keeps a second operator from acting at the same time."""
 
     name: SecretName = "berth-operator"
-    duration_seconds: float = Field(default=15.0, ge=2)
+    duration_seconds: int = Field(default=15, ge=2)
     renew_seconds: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_in_time(self) -> LeaseSettings:
+        if self.renew_seconds * 2 > self.duration_seconds:
+            raise ValueError("renew_seconds must be at most half of duration_seconds")
+        return self
 
 
 class OperatorSettings(BaseSettings):
@@ -65,17 +72,12 @@ class OperatorSettings(BaseSettings):
     retry_first_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
     liveness_port: int = Field(default=8080, ge=1, le=65535)
-    metrics_port: int | None = Field(default=9090, ge=1, le=65535)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)  # 0: no metrics endpoint
     bind_host: str = "0.0.0.0"
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
-    @field_validator("namespaces", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+    _split = field_validator("namespaces", mode="before")(split_commas)
 
     @property
     def own_namespace(self) -> str:

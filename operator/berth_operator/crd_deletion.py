@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from lightkube import ALL_NS, ApiError, AsyncClient
@@ -22,10 +24,10 @@ from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.types import PatchType
 
 from berth_operator.errors import ReconcileFailed
-from berth_operator.kube import NOT_FOUND, TenantResource, status_code
+from berth_operator.kube import NOT_FOUND, TenantResource, retry_rule_faults, status_code
 from berth_operator.metrics import Handler, Result
 from berth_operator.reconciler import Reconciler
-from berth_operator.resource import CRD_NAME, FINALIZER, Tenant
+from berth_operator.resource import CRD_NAME, FINALIZER, Tenant, holds_finalizer, is_deleting
 from service.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -33,11 +35,10 @@ log = get_logger(__name__)
 LOOK_EVERY_SECONDS = 5.0
 
 
-def holds_our_finalizer(body: Mapping[str, Any]) -> bool:
-    metadata = body.get("metadata") or {}
-    return bool(metadata.get("deletionTimestamp")) and FINALIZER in (
-        metadata.get("finalizers") or []
-    )
+class CrdState(Enum):
+    ABSENT = "absent"
+    PRESENT = "present"
+    TERMINATING = "terminating"
 
 
 @dataclass
@@ -46,20 +47,28 @@ class CrdDeletionWatcher:
     reconciler: Reconciler
     namespaces: list[str]
     interval: float = LOOK_EVERY_SECONDS
+    restart_requested: bool = False
+    # Per Tenant uid: failed cleanups so far, and when to try again (the status says so).
+    _retries: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    async def crd_terminating(self) -> bool:
+    async def crd_state(self) -> CrdState:
         try:
             crd = await self.client.get(CustomResourceDefinition, CRD_NAME)
         except ApiError as exc:
             if status_code(exc) == NOT_FOUND:
-                return False
+                return CrdState.ABSENT
             raise
-        return crd.metadata is not None and crd.metadata.deletionTimestamp is not None
+        if crd.metadata is not None and crd.metadata.deletionTimestamp is not None:
+            return CrdState.TERMINATING
+        return CrdState.PRESENT
+
+    async def crd_terminating(self) -> bool:
+        return await self.crd_state() is CrdState.TERMINATING
 
     async def _deleted_tenants(self) -> AsyncIterator[Mapping[str, Any]]:
         for namespace in self.namespaces or [ALL_NS]:
             async for body in self.client.list(TenantResource, namespace=namespace):
-                if holds_our_finalizer(body):
+                if is_deleting(body) and holds_finalizer(body):
                     yield body
 
     async def finish(self) -> int:
@@ -69,9 +78,14 @@ class CrdDeletionWatcher:
         async for body in self._deleted_tenants():
             tenant = Tenant.from_body(body)
             metrics = self.reconciler.metrics
+            retry, not_before = self._retries.get(tenant.ref.uid, (0, 0.0))
+            if time.monotonic() < not_before:
+                continue
             try:
-                await self.reconciler.delete(tenant)
+                await self.reconciler.delete(tenant, retry=retry)
             except ReconcileFailed as exc:
+                wait = exc.failure.retry_seconds or self.reconciler.retry_seconds(retry)
+                self._retries[tenant.ref.uid] = (retry + 1, time.monotonic() + wait)
                 result = Result.TEMPORARY_ERROR if exc.failure.temporary else Result.PERMANENT_ERROR
                 metrics.reconciles.labels(Handler.DELETE.value, result.value).inc()
                 continue  # in its status and Events; looked at again next time
@@ -89,12 +103,14 @@ class CrdDeletionWatcher:
             {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
             {"op": "remove", "path": f"/metadata/finalizers/{index}"},
         ]
-        await self.client.patch(
-            TenantResource,
-            metadata["name"],
-            patch,
-            namespace=metadata["namespace"],
-            patch_type=PatchType.JSON,
+        await retry_rule_faults(
+            lambda: self.client.patch(
+                TenantResource,
+                metadata["name"],
+                patch,
+                namespace=metadata["namespace"],
+                patch_type=PatchType.JSON,
+            )
         )
         log.info(
             "tenant_released_during_crd_deletion",
@@ -103,13 +119,31 @@ class CrdDeletionWatcher:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Look every `interval` until `stop`. A CRD installed after the operator started is
+        not served by kopf (it scans resources once): then ask for a restart."""
+        absent_at_start = await self._state_or_none() is CrdState.ABSENT
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
             if stop.is_set():
                 return
-            try:
-                if await self.crd_terminating():
-                    await self.finish()
-            except Exception as exc:  # never let this helper stop the operator
-                log.warning("crd_deletion_watch_failed", error=str(exc))
+            state = await self._state_or_none()
+            if state is CrdState.PRESENT and absent_at_start:
+                log.warning("operator_restarting", reason=f"{CRD_NAME} was installed after start")
+                self.restart_requested = True
+                stop.set()
+            elif state is CrdState.TERMINATING:
+                await self._finish_quietly()
+
+    async def _state_or_none(self) -> CrdState | None:
+        try:
+            return await self.crd_state()
+        except Exception as exc:  # never let this helper stop the operator
+            log.warning("crd_deletion_watch_failed", error=str(exc))
+            return None
+
+    async def _finish_quietly(self) -> None:
+        try:
+            await self.finish()
+        except Exception as exc:
+            log.warning("crd_deletion_watch_failed", error=str(exc))

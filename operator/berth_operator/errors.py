@@ -37,6 +37,10 @@ class ServerSecretMissing(RuntimeError):
     """The Secret with the admin URL (or its key) is not there (yet)."""
 
 
+class InvalidServerUrl(ValueError):
+    """The admin URL in the server Secret is not a URL (its text is never shown)."""
+
+
 # The first match wins: subclasses before their bases.
 _RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, bool], ...] = (
     (NoServer, "NoServer", False),
@@ -47,7 +51,7 @@ _RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, 
     (ProvisioningError, "ProvisioningFailed", False),
     (CredentialsConflict, "SecretConflict", True),
     (RegistryWriteFailed, "RegistryConflict", True),
-    (ArgumentError, "InvalidServerUrl", False),
+    ((InvalidServerUrl, ArgumentError), "InvalidServerUrl", False),
     (
         (
             psycopg.OperationalError,
@@ -68,6 +72,7 @@ _OWN_MESSAGES = (
     InvalidTenant,
     ProvisioningError,
     ServerSecretMissing,
+    InvalidServerUrl,
     CredentialsConflict,
     RegistryWriteFailed,
 )

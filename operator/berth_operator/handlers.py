@@ -23,6 +23,7 @@ from berth_operator.reconciler import Reconciler
 from berth_operator.resource import FINALIZER, GROUP, PLURAL, VERSION, Tenant
 
 PROGRESS_KEY = "last-handled-configuration"
+KOPF_PREFIX = f"kopf.{GROUP}"
 # Watches are re-opened this often, so a silently dropped connection cannot stall them.
 WATCH_SERVER_TIMEOUT_SECONDS = 120
 WATCH_CLIENT_TIMEOUT_SECONDS = 150
@@ -34,9 +35,11 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     posts its own Events), watches that time out."""
     configured = kopf.OperatorSettings()
     configured.persistence.finalizer = FINALIZER
-    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # A prefix of kopf's own: kopf leaves every annotation under its prefix out of change
+    # detection, so under `berth.dev` it would ignore berth.dev/rotate-credentials.
+    configured.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     configured.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key=PROGRESS_KEY
+        prefix=KOPF_PREFIX, key=PROGRESS_KEY
     )
     configured.posting.enabled = False
     configured.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
@@ -44,6 +47,10 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     configured.watching.connect_timeout = API_CONNECT_TIMEOUT_SECONDS
     configured.networking.connect_timeout = API_CONNECT_TIMEOUT_SECONDS
     configured.peering.standalone = True
+    # No scanning of namespaces and CRDs: the namespaces are named exactly (or all), so it
+    # would only need cluster-wide list/watch on both, and the CRD's deletion is handled by
+    # berth_operator.crd_deletion, which needs `get` on that one CRD.
+    configured.scanning.disabled = True
     return configured
 
 

@@ -8,10 +8,11 @@ writes goes through here, so the tests run the same calls against a real API ser
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx2
 from lightkube import ApiError, AsyncClient
@@ -41,21 +42,63 @@ TenantResource = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 FORBIDDEN = 403
 NOT_FOUND = 404
 CONFLICT = 409
+UNPROCESSABLE = 422
 _TEMPORARY_CODES = frozenset({CONFLICT, 429, 500, 502, 503, 504})
 MAX_EVENT_MESSAGE = 1024
+RULE_FAULT_ATTEMPTS = 5
+_RULE_FAULT_PAUSE = 0.05
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class CredentialsConflict(RuntimeError):
     """The tenant's Secret name is taken by a Secret this Tenant does not own."""
 
 
+async def get_or_none(request: Awaitable[R]) -> R | None:
+    """What a `client.get(...)` returns, or None when the object does not exist."""
+    try:
+        return await request
+    except ApiError as exc:
+        if exc.status.code == NOT_FOUND:
+            return None
+        raise
+
+
+def is_rule_fault(exc: BaseException) -> bool:
+    """A 422 for a valid object: the API server failed *evaluating* a CEL rule.
+
+    A data race in cel-go (kubernetes#114661, fixed in 1.25.6/1.26.1; the test API server
+    here is 1.25.0-alpha.2) answers concurrent writes so, about 1 in 25 under load. The only
+    mark is the message: the cause is typed FieldValueInvalid like a real rejection.
+    """
+    if not isinstance(exc, ApiError) or exc.status.code != UNPROCESSABLE:
+        return False
+    message = exc.status.message or ""
+    return "internal error: " in message and " evaluating rule: " in message
+
+
+async def retry_rule_faults(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, tried again (a few times, briefly) while the API server's rule evaluation
+    fails; any other error, or the last fault, is raised."""
+    for attempt in range(1, RULE_FAULT_ATTEMPTS + 1):
+        try:
+            return await call()
+        except ApiError as exc:
+            if attempt == RULE_FAULT_ATTEMPTS or not is_rule_fault(exc):
+                raise
+        await asyncio.sleep(_RULE_FAULT_PAUSE * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def is_temporary(exc: BaseException) -> bool:
-    """An API failure that trying again may cure (throttling, a restart, a lost connection).
+    """An API failure that trying again may cure (throttling, a restart, a lost connection,
+    a rule the server failed to evaluate).
 
     A proxy's error page is not JSON, so lightkube leaves it a plain HTTPStatusError.
     """
     if isinstance(exc, ApiError):
-        return exc.status.code in _TEMPORARY_CODES
+        return exc.status.code in _TEMPORARY_CODES or is_rule_fault(exc)
     if isinstance(exc, httpx2.HTTPStatusError):
         return exc.response.status_code in _TEMPORARY_CODES
     return isinstance(exc, httpx2.TransportError | TimeoutError)
@@ -86,6 +129,14 @@ def owner_reference(ref: TenantRef) -> OwnerReference:
     )
 
 
+def keep_metadata(metadata: ObjectMeta, current: ObjectMeta) -> None:
+    """A replace carries what others put on the object (labels, annotations) and the
+    resourceVersion it read, so it fails rather than overwrite a newer write."""
+    metadata.resourceVersion = current.resourceVersion
+    metadata.labels = {**(current.labels or {}), **(metadata.labels or {})}
+    metadata.annotations = {**(current.annotations or {}), **(metadata.annotations or {})}
+
+
 def _owned_by(secret: Secret, ref: TenantRef) -> bool:
     owners = (secret.metadata.ownerReferences if secret.metadata else None) or []
     return any(owner.uid == ref.uid for owner in owners)
@@ -103,12 +154,7 @@ class Kube:
         self.instance = instance
 
     async def read_secret(self, namespace: str, name: str) -> Secret | None:
-        try:
-            return await self.client.get(Secret, name, namespace=namespace)
-        except ApiError as exc:
-            if status_code(exc) == NOT_FOUND:
-                return None
-            raise
+        return await get_or_none(self.client.get(Secret, name, namespace=namespace))
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         secret = await self.read_secret(namespace, name)
@@ -157,19 +203,21 @@ class Kube:
             await self.client.create(secret)
             return
         assert current.metadata is not None
-        metadata.resourceVersion = current.metadata.resourceVersion
+        keep_metadata(metadata, current.metadata)
         await self.client.replace(secret)
 
     async def patch_status(self, ref: TenantRef, status: TenantStatus) -> None:
         """Merge our status in (every field we own is written, nulls remove)."""
         body: dict[str, Any] = {"status": status.model_dump(mode="json", by_alias=True)}
         try:
-            await self.client.patch(
-                TenantResource.Status,
-                ref.name,
-                body,
-                namespace=ref.namespace,
-                patch_type=PatchType.MERGE,
+            await retry_rule_faults(
+                lambda: self.client.patch(
+                    TenantResource.Status,
+                    ref.name,
+                    body,
+                    namespace=ref.namespace,
+                    patch_type=PatchType.MERGE,
+                )
             )
         except ApiError as exc:
             if status_code(exc) != NOT_FOUND:  # gone already: nothing to report on

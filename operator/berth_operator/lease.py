@@ -61,7 +61,7 @@ class LeaseGuard:
         transitions = (previous.leaseTransitions or 0) if previous else 0
         return LeaseSpec(
             holderIdentity=holder,
-            leaseDurationSeconds=int(self.settings.duration_seconds),
+            leaseDurationSeconds=self.settings.duration_seconds,
             acquireTime=now if taking else (previous.acquireTime if previous else now),
             renewTime=now,
             leaseTransitions=transitions + (1 if taking and holder else 0),
@@ -149,8 +149,9 @@ class LeaseGuard:
                 self._lost(stop)
                 raise
             except Exception as exc:
-                if not is_temporary(exc):
-                    raise
+                if not is_temporary(exc):  # 401, 403, 422: renewing will not work again
+                    self._lost(stop)
+                    raise LeaseLost(f"the Lease cannot be renewed: {exc}") from exc
                 if time.monotonic() - self._renewed_at > self.settings.duration_seconds:
                     self._lost(stop)
                     raise LeaseLost("the Lease could not be renewed before it expired") from exc

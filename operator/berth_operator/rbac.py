@@ -19,11 +19,22 @@ from berth_operator.resource import CRD_NAME, GROUP, MANAGER, PLURAL
 
 Manifest = dict[str, Any]
 
+TENANTS_BINDING = f"{MANAGER}-tenants"
 TENANT_NAMESPACE_RULES: list[Manifest] = [
-    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # Its own RoleBinding, to hold it with a finalizer (berth_operator.bindings): deleting the
+    # namespace would otherwise take the operator's rights before its Tenants are finished.
+    # Bound in a namespace, `get namespaces` reads that one namespace: is it being deleted?
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["rolebindings"],
+        "resourceNames": [TENANTS_BINDING],
+        "verbs": ["get", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
 ]
 OPERATOR_NAMESPACE_RULES: list[Manifest] = [
     {
@@ -60,9 +71,15 @@ def _role(kind: str, name: str, namespace: str | None, rules: list[Manifest]) ->
 
 
 def _binding(
-    kind: str, role_kind: str, name: str, namespace: str | None, account: tuple[str, str]
+    kind: str,
+    role_kind: str,
+    role: str,
+    namespace: str | None,
+    account: tuple[str, str],
+    *,
+    name: str | None = None,
 ) -> Manifest:
-    metadata: Manifest = {"name": name}
+    metadata: Manifest = {"name": name or role}
     if namespace is not None:
         metadata["namespace"] = namespace
     account_namespace, account_name = account
@@ -70,7 +87,7 @@ def _binding(
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": kind,
         "metadata": metadata,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
         "subjects": [
             {"kind": "ServiceAccount", "name": account_name, "namespace": account_namespace}
         ],
@@ -81,26 +98,31 @@ def manifests(
     operator_namespace: str, service_account: str, watched: list[str] | None = None
 ) -> list[Manifest]:
     """Roles and bindings for an operator in `operator_namespace` watching `watched`
-    namespaces (None or empty: every namespace, through a ClusterRole)."""
+    namespaces (None or empty: every namespace).
+
+    The Tenant rules are one ClusterRole (it must outlive a namespace being deleted), bound
+    in each watched namespace by a RoleBinding, or cluster-wide by a ClusterRoleBinding.
+    """
     account = (operator_namespace, service_account)
     # Cluster-scoped names are shared by every install: the operator's namespace tells them apart.
     crd_role = f"{CRD_ROLE}-{operator_namespace}"
-    tenants_cluster_role = f"{TENANTS_ROLE}-{operator_namespace}"
+    tenants_role = f"{TENANTS_ROLE}-{operator_namespace}"
     out = [
         _role("Role", OWN_ROLE, operator_namespace, OPERATOR_NAMESPACE_RULES),
         _binding("RoleBinding", "Role", OWN_ROLE, operator_namespace, account),
         _role("ClusterRole", crd_role, None, CRD_RULES),
         _binding("ClusterRoleBinding", "ClusterRole", crd_role, None, account),
+        _role("ClusterRole", tenants_role, None, TENANT_NAMESPACE_RULES),
     ]
     if not watched:
-        out.append(_role("ClusterRole", tenants_cluster_role, None, TENANT_NAMESPACE_RULES))
-        out.append(
-            _binding("ClusterRoleBinding", "ClusterRole", tenants_cluster_role, None, account)
-        )
+        out.append(_binding("ClusterRoleBinding", "ClusterRole", tenants_role, None, account))
         return out
     for namespace in watched:
-        out.append(_role("Role", TENANTS_ROLE, namespace, TENANT_NAMESPACE_RULES))
-        out.append(_binding("RoleBinding", "Role", TENANTS_ROLE, namespace, account))
+        out.append(
+            _binding(
+                "RoleBinding", "ClusterRole", tenants_role, namespace, account, name=TENANTS_BINDING
+            )
+        )
     return out
 
 

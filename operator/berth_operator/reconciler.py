@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from berth_operator import status as statuses
 from berth_operator.config import OperatorSettings, operator_env_name
 from berth_operator.errors import (
+    InvalidServerUrl,
     NoServer,
     ReconcileFailed,
     ServerSecretMissing,
@@ -221,7 +223,14 @@ class Reconciler:
                 f"Secret {server.secret_namespace}/{server.secret_name} or its key "
                 f"{server.secret_key!r} is missing"
             )
-        make_url(value)  # a malformed URL fails here, as InvalidServerUrl
+        try:
+            parsed = make_url(value)
+            parsed.port  # noqa: B018 - a bad port raises only when read
+        except (ArgumentError, ValueError):
+            raise InvalidServerUrl(
+                f"Secret {server.secret_namespace}/{server.secret_name} key "
+                f"{server.secret_key!r} does not hold a PostgreSQL URL"
+            ) from None
         return value
 
     async def _password(self, run: _Run, names: TenantNames, *, rotating: bool) -> _Password:
@@ -252,8 +261,11 @@ class Reconciler:
         await self._done(run, Step.SERVER)
 
         run.step = Step.DATABASE
-        rotating = bool(tenant.rotation_request) and (
-            tenant.rotation_request != tenant.status.credentials_rotation
+        # A Tenant created with the annotation gets its first password, not a rotation.
+        rotating = (
+            bool(tenant.rotation_request)
+            and tenant.rotation_request != tenant.status.credentials_rotation
+            and tenant.status.credentials_secret is not None
         )
         password = await self._password(run, names, rotating=rotating)
         run.keep_secret(password.value)
@@ -324,6 +336,7 @@ class Reconciler:
             expected.update({Change.PASSWORD_ROTATED, SecretChange.CREDENTIALS_SECRET})
             expected.add(SecretChange.REGISTRY_ENTRY)
             message = "new password set on the role and in both Secrets"
+            log.info("tenant_credentials_rotated", tenant=ref.name, namespace=ref.namespace)
             await self.kube.event(ref, "CredentialsRotated", message, warning=False)
         was_ready = tenant.status.phase is Phase.READY
         changed = [change for change in changes if change not in expected]
@@ -355,7 +368,9 @@ class Reconciler:
                 await self._delete(run)
             except Exception as exc:
                 failure = self._failure(run, exc, retry)
-                new = statuses.deleting(run.status, failure.text, generation=tenant.generation)
+                new = statuses.deleting(
+                    run.status, failure.text, generation=tenant.generation, reason=failure.reason
+                )
                 await self._report(run, failure, new)
                 raise ReconcileFailed(failure) from None
             finally:

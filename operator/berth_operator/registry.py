@@ -23,6 +23,7 @@ from berth_operator.kube import (
     Kube,
     decode,
     encode,
+    keep_metadata,
     managed_labels,
     status_code,
 )
@@ -140,8 +141,7 @@ class RegistryWriter:
             await self.kube.client.create(secret)
             return
         assert current.metadata is not None
-        metadata.resourceVersion = current.metadata.resourceVersion
-        metadata.labels = {**(current.metadata.labels or {}), **managed_labels()}
+        keep_metadata(metadata, current.metadata)
         await self.kube.client.replace(secret)
 
 

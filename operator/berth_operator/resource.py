@@ -39,6 +39,16 @@ SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # noqa: S105
 MAX_CONNECTION_LIMIT = 10_000
 
 
+def holds_finalizer(body: Mapping[str, Any]) -> bool:
+    """Whether an object (a Tenant, the operator's RoleBinding) still waits on the operator."""
+    return FINALIZER in ((body.get("metadata") or {}).get("finalizers") or [])
+
+
+def is_deleting(body: Mapping[str, Any]) -> bool:
+    """Whether an object's deletion has begun (it stays while finalizers hold it)."""
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
 class _Schema(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True

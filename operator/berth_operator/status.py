@@ -175,8 +175,11 @@ def failed(previous: TenantStatus, failure: Failure, *, generation: int) -> Tena
     )
 
 
-def deleting(previous: TenantStatus, message: str, *, generation: int) -> TenantStatus:
-    updates = {ConditionType.READY: (ConditionStatus.FALSE, "Deleting", message)}
+def deleting(
+    previous: TenantStatus, message: str, *, generation: int, reason: str = "Deleting"
+) -> TenantStatus:
+    """Being deleted: what it does now, or (`reason`) why cleaning up failed."""
+    updates = {ConditionType.READY: (ConditionStatus.FALSE, reason, message)}
     return previous.model_copy(
         update={
             "phase": Phase.DELETING,

@@ -33,7 +33,7 @@ DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./data/berth.db"
 CommaList = Annotated[list[str], NoDecode]
 
 
-def _split_commas(value: Any) -> Any:
+def split_commas(value: Any) -> Any:
     """Accept `a,b` or a JSON list in environment variables."""
     if not isinstance(value, str):
         return value
@@ -187,7 +187,7 @@ class HttpSettings(BaseModel):
     docs_allow_in_production: bool = False
 
     _split = field_validator("cors_origins", "trusted_hosts", "trusted_proxies", mode="before")(
-        _split_commas
+        split_commas
     )
 
     @model_validator(mode="before")

@@ -165,15 +165,18 @@ def libpq_url(url: str, database: str | None = None) -> str:
 def tenant_database_url(admin_url: str, names: TenantNames, password: str) -> str:
     """The URL the service uses: same server, the tenant's role and database, asyncpg.
 
-    The admin URL's query (libpq options such as sslmode) is for the admin connection only;
-    asyncpg spells its options differently.
+    Of the admin URL's query only `sslmode` carries over, as asyncpg's `ssl` (the same
+    values); the rest (application_name, options) is for the admin connection. asyncpg
+    finds a CA for verify-ca/verify-full in PGSSLROOTCERT or ~/.postgresql/root.crt.
     """
-    url = make_url(admin_url).set(
+    admin = make_url(admin_url)
+    sslmode = admin.query.get("sslmode")
+    url = admin.set(
         drivername="postgresql+asyncpg",
         username=names.role,
         password=password,
         database=names.database,
-        query={},
+        query={"ssl": sslmode} if isinstance(sslmode, str) else {},
     )
     return url.render_as_string(hide_password=False)
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from berth_operator.config import OperatorSettings, ServerSecret
 from berth_operator.crd import render_yaml
-from berth_operator.kube import Kube, TenantResource, decode, encode
+from berth_operator.kube import Kube, TenantResource, decode, encode, retry_rule_faults
 from berth_operator.metrics import OperatorMetrics
 from berth_operator.reconciler import Reconciler, StepHook
 from berth_operator.registry import Registries
@@ -111,7 +111,9 @@ class Cluster:
             "metadata": {"name": slug, "namespace": self.namespace},
             "spec": spec,
         }
-        created = await self.client.create(TenantResource(body))  # type: ignore[arg-type]
+        created = await retry_rule_faults(
+            lambda: self.client.create(TenantResource(body))  # type: ignore[arg-type]
+        )
         return Tenant.from_body(dict(created))
 
     async def tenant(self, name: str) -> Tenant:
@@ -120,8 +122,10 @@ class Cluster:
         return Tenant.from_body(dict(body))
 
     async def patch_tenant(self, name: str, patch: dict[str, Any]) -> Tenant:
-        await self.client.patch(
-            TenantResource, name, patch, namespace=self.namespace, patch_type=PatchType.MERGE
+        await retry_rule_faults(
+            lambda: self.client.patch(
+                TenantResource, name, patch, namespace=self.namespace, patch_type=PatchType.MERGE
+            )
         )
         return await self.tenant(name)
 

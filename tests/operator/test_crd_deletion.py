@@ -1,8 +1,11 @@
 """Deleting the CRD does not wedge on our finalizers: kopf stops serving a terminating CRD's
 objects, so the operator's own watcher runs each Tenant's cleanup and releases it. Against
-the real API server; the CRD is installed again afterwards for the tests that follow."""
+the real API server; the CRD is installed again afterwards for the tests that follow (an
+operator started while it was absent asks for a restart then: kopf looks for it only at start)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 import pytest
@@ -31,7 +34,7 @@ async def crd_gone(cluster: Cluster) -> bool:
     return False
 
 
-async def test_deleting_the_crd_runs_each_tenants_cleanup_and_completes(
+async def test_deleting_the_crd_runs_each_cleanup_and_a_reinstall_restarts_an_operator_without_it(
     cluster: Cluster, make_reconciler: ReconcilerFactory, kube_server: ApiServer
 ) -> None:
     reconciler = make_reconciler()
@@ -61,11 +64,20 @@ async def test_deleting_the_crd_runs_each_tenants_cleanup_and_completes(
 
         await eventually(all_released, timeout=30)
         await eventually(lambda: crd_gone(cluster), timeout=60)
+        # An operator started without the CRD: kopf would never serve it, so it must restart.
+        started_without = CrdDeletionWatcher(cluster.client, reconciler, [], interval=0.2)
+        stop = asyncio.Event()
+        watching = asyncio.create_task(started_without.run(stop))
+        await asyncio.sleep(0.5)  # its first look (a GET on loopback) saw no CRD
     finally:
-        kubectl(kube_server, "apply", "-f", "-", input=render_yaml())
+        await asyncio.to_thread(kubectl, kube_server, "apply", "-f", "-", input=render_yaml())
         kubectl(
             kube_server, "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s"
         )
+
+    await asyncio.wait_for(watching, timeout=30)
+    assert started_without.restart_requested
+    assert stop.is_set()
 
     admin = await asyncpg.connect(asyncpg_dsn(PG_ADMIN_URL), timeout=5)
     try:

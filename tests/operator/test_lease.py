@@ -5,13 +5,16 @@ that finds it taken stops."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from berth_operator.config import LeaseSettings
 from berth_operator.lease import LeaseGuard, LeaseLost
 from berth_operator.metrics import OperatorMetrics
+from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.coordination_v1 import Lease
 
+from tests.kube import ApiServer, service_account_kubeconfig
 from tests.operator.conftest import Cluster
 
 
@@ -94,3 +97,25 @@ async def test_a_waiting_instance_gives_up_when_asked_to_stop(cluster: Cluster) 
 
     assert not await asyncio.wait_for(second.acquire(stop), timeout=10)
     assert await holder(cluster) == "first"
+
+
+async def test_a_holder_whose_renewal_is_forbidden_stops_at_once(
+    cluster: Cluster, kube_server: ApiServer, tmp_path: Path
+) -> None:
+    """A 403 (a binding removed, a token revoked) will not pass: no waiting out the duration."""
+    first = guard(cluster, "first", duration_seconds=60)
+    assert await first.try_acquire()
+    kubeconfig = service_account_kubeconfig(
+        kube_server, cluster.namespace, "nobody", tmp_path / "nobody.kubeconfig"
+    )
+    first.client = AsyncClient(config=KubeConfig.from_file(kubeconfig), trust_env=False)
+    stop = asyncio.Event()
+
+    try:
+        with pytest.raises(LeaseLost, match="cannot be renewed"):
+            await asyncio.wait_for(first.keep(stop), timeout=10)
+    finally:
+        await first.client.close()
+
+    assert stop.is_set()
+    assert first.metrics.lease_held._value.get() == 0

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 from berth_operator.errors import ReconcileFailed
-from berth_operator.kube import TenantResource
+from berth_operator.kube import TenantResource, decode, encode
 from berth_operator.metrics import Handler
 from berth_operator.reconciler import SecretChange
 from berth_operator.render import CREDENTIAL_KEYS, credentials_secret_name
@@ -227,6 +227,28 @@ async def test_drift_is_repaired_counted_and_reported(
     assert reconciler.metrics.drift_repairs.labels("role_login")._value.get() == 1
 
 
+async def test_a_secret_repaired_keeps_the_labels_and_annotations_others_put_on_it(
+    cluster: Cluster, make_reconciler: ReconcilerFactory
+) -> None:
+    """Replication or backup tools label the Secret: a repair must not strip their marks."""
+    tenant = await ready_tenant(cluster, make_reconciler)
+    name = credentials_secret_name(tenant.ref.slug)
+    theirs = {"metadata": {"labels": {"backup": "daily"}, "annotations": {"team": "billing"}}}
+    await cluster.client.patch(Secret, name, theirs, namespace=cluster.namespace)
+    await cluster.client.patch(
+        Secret, name, {"data": encode({"host": "elsewhere"})}, namespace=cluster.namespace
+    )
+
+    changes = await make_reconciler().reconcile(tenant, Handler.TIMER)
+
+    assert changes == (SecretChange.CREDENTIALS_SECRET,)
+    secret = await cluster.client.get(Secret, name, namespace=cluster.namespace)
+    assert secret.metadata is not None
+    assert (secret.metadata.labels or {})["backup"] == "daily"
+    assert (secret.metadata.annotations or {})["team"] == "billing"
+    assert decode(secret.data)["host"] != "elsewhere"
+
+
 async def test_a_role_and_database_dropped_by_hand_come_back_migrated(
     cluster: Cluster, make_reconciler: ReconcilerFactory
 ) -> None:
@@ -372,14 +394,36 @@ async def test_a_permanent_failure_is_reported_once(
     assert (status.phase, status.observed_generation) == (Phase.FAILED, tenant.generation)
 
 
+@pytest.mark.parametrize(
+    "url", ["postgresql://root:hunter2@127.0.0.1:port/postgres", "hunter2 is not a url"]
+)
+async def test_an_admin_url_that_does_not_parse_is_permanent_and_never_shown(
+    cluster: Cluster, make_reconciler: ReconcilerFactory, url: str
+) -> None:
+    await cluster.put_secret("garbled", {"url": url})
+    tenant = await cluster.create_tenant(postgres={"serverSecretRef": {"name": "garbled"}})
+
+    with pytest.raises(ReconcileFailed) as failed:
+        await make_reconciler().reconcile(tenant, Handler.CREATE)
+
+    failure = failed.value.failure
+    assert (failure.reason, failure.temporary) == ("InvalidServerUrl", False)
+    events = await cluster.events(tenant.ref.name)
+    assert all("hunter2" not in message for _, _, message in events)
+    assert "hunter2" not in str(failed.value)
+
+
 async def test_fifty_tenants_created_at_once_end_with_fifty_registry_keys(
     cluster: Cluster, make_reconciler: ReconcilerFactory
 ) -> None:
     tenants = await asyncio.gather(*(cluster.create_tenant() for _ in range(50)))
     reconciler = make_reconciler()
 
-    await asyncio.gather(*(reconciler.reconcile(t, Handler.CREATE) for t in tenants))
+    outcomes = await asyncio.gather(
+        *(reconciler.reconcile(t, Handler.CREATE) for t in tenants), return_exceptions=True
+    )
 
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
     registry = await cluster.secret_data(REGISTRY_SECRET) or {}
     assert sorted(registry) == sorted(entry_file_name(t.ref.slug) for t in tenants)
     for tenant in tenants:

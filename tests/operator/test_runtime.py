@@ -13,10 +13,15 @@ import yaml
 from berth_operator import metrics as names
 from berth_operator.config import OperatorSettings, load_operator_settings
 from berth_operator.crd import render_yaml
-from berth_operator.handlers import connection_info, kopf_settings
+from berth_operator.handlers import KOPF_PREFIX, connection_info, kopf_settings
 from berth_operator.metrics import Handler, OperatorMetrics, Result
-from berth_operator.rbac import CRD_RULES, OPERATOR_NAMESPACE_RULES, TENANT_NAMESPACE_RULES
-from berth_operator.resource import FINALIZER, GROUP, Phase
+from berth_operator.rbac import (
+    CRD_RULES,
+    OPERATOR_NAMESPACE_RULES,
+    TENANT_NAMESPACE_RULES,
+    TENANTS_BINDING,
+)
+from berth_operator.resource import FINALIZER, Phase
 from lightkube.config.kubeconfig import KubeConfig
 from prometheus_client import generate_latest
 
@@ -75,11 +80,20 @@ def test_the_command_line_prints_the_crd_and_the_rbac() -> None:
     assert kinds == [
         ("Role", "berth"), ("RoleBinding", "berth"),
         ("ClusterRole", None), ("ClusterRoleBinding", None),
-        ("Role", "a"), ("RoleBinding", "a"), ("Role", "b"), ("RoleBinding", "b"),
+        ("ClusterRole", None), ("RoleBinding", "a"), ("RoleBinding", "b"),
     ]  # fmt: skip
     assert documents[0]["rules"] == OPERATOR_NAMESPACE_RULES
     assert documents[2]["rules"] == CRD_RULES
     assert documents[4]["rules"] == TENANT_NAMESPACE_RULES
+    # One ClusterRole for the Tenant rules (a namespace's deletion cannot take it), bound in
+    # each watched namespace under the name the binding guard holds.
+    for binding in documents[5:]:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": documents[4]["metadata"]["name"],
+        }
+        assert binding["metadata"]["name"] == TENANTS_BINDING
 
 
 def test_watching_every_namespace_needs_a_cluster_role() -> None:
@@ -109,7 +123,7 @@ def test_kopf_runs_standalone_with_our_finalizer_and_annotations_and_no_log_even
     assert configured.peering.standalone
     assert configured.persistence.finalizer == FINALIZER
     assert isinstance(configured.persistence.progress_storage, kopf.AnnotationsProgressStorage)
-    assert configured.persistence.progress_storage.prefix == GROUP
+    assert configured.persistence.progress_storage.prefix == KOPF_PREFIX
     assert not configured.posting.enabled
     assert configured.watching.server_timeout
 

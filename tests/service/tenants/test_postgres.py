@@ -24,6 +24,7 @@ from service.tenants.postgres import (
     ensure_postgres,
     new_password,
     password_works,
+    tenant_database_url,
     tenant_names,
 )
 from tests.pg_cluster import ScramCluster
@@ -236,3 +237,17 @@ def test_the_desired_state_never_shows_its_password() -> None:
 
     assert "hunter2-secret" not in shown
     assert postgres.PASSWORD_BYTES >= 32
+
+
+def test_the_services_url_keeps_the_admin_urls_sslmode_and_nothing_else_of_its_query() -> None:
+    admin = "postgresql://admin:pw@db.example:6432/postgres?sslmode=verify-full&application_name=a"
+
+    url = make_url(tenant_database_url(admin, tenant_names("acme"), "tenant-pw"))
+
+    assert (url.drivername, url.host, url.port) == ("postgresql+asyncpg", "db.example", 6432)
+    assert (url.username, url.password, url.database) == ("tenant_acme", "tenant-pw", "tenant_acme")
+    assert dict(url.query) == {"ssl": "verify-full"}
+    plain = make_url(
+        tenant_database_url("postgresql://admin@db/postgres", tenant_names("acme"), "x")
+    )
+    assert dict(plain.query) == {}

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -22,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import demo
-from service.core.commands import EXIT_INVALID, command_settings, fail
+from service.core.commands import EXIT_INVALID, command_settings, fail, first_line
 from service.core.config import (
     ConfigError,
     Environment,
@@ -39,6 +40,7 @@ from service.tenants import cli as tenants_cli
 
 APP_FACTORY = "service.main:create_app"
 EXIT_CONFIG = EXIT_INVALID
+MIGRATE_CHECK_INTERVAL_SECONDS = 2.0
 
 
 def read_tenant_registry(settings: Settings) -> TenantDirectory:
@@ -135,6 +137,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    if args.check:
+        return cmd_migrate_check(args)
     if args.tenant or args.all_tenants:  # tenant databases have their own history
         return tenants_cli.cmd_migrate_tenants(args)
     from service.core.logging import get_logger
@@ -150,6 +154,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     revision = asyncio.run(migrate.current_revision(url))
     log.info("migrations_applied", database=safe_url(url), revision=revision)
     return 0
+
+
+def cmd_migrate_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the control-plane schema is at this image's head, else EXIT_FAILED
+    with the revision found; changes nothing. `--wait` keeps looking (a pod's init
+    container waits so for the migration Job: a pod never serves on an old schema)."""
+    if args.downgrade or args.tenant or args.all_tenants or args.revision != "head":
+        return fail("--check takes no other migrate option", EXIT_INVALID)
+    from service.db import migrate
+
+    settings = command_settings()
+    url = settings.database.url.get_secret_value()
+    head = migrate.CONTROL_PLANE.head()
+    deadline = time.monotonic() + args.wait
+    while True:
+        found = asyncio.run(_revision_or_error(url))
+        if found == head:
+            print(f"berth: schema at head {head}")
+            return 0
+        if time.monotonic() >= deadline:
+            return fail(f"schema at {found or 'no revision'}, this image needs {head}")
+        time.sleep(min(MIGRATE_CHECK_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
+
+
+async def _revision_or_error(url: str) -> str | None:
+    """The database's revision; an unreachable database reads as its error, one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import migrate
+
+    try:
+        return await migrate.current_revision(url)
+    except (OSError, SQLAlchemyError) as exc:
+        return f"unknown ({first_line(exc)})"
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -194,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     tenants = migrate.add_mutually_exclusive_group()
     tenants.add_argument("--tenant", metavar="SLUG", help="migrate this tenant's database")
     tenants.add_argument("--all-tenants", action="store_true", help="every registered tenant")
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 0 if the database is at this image's head, 1 otherwise",
+    )
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --check: look again every 2 s for this long before giving up",
+    )
     migrate.set_defaults(handler=cmd_migrate)
 
     check = commands.add_parser("check-config", help="validate settings; exit 2 if unsafe")

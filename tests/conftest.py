@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,7 +16,10 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from berth_operator.crd import render_yaml
+from berth_operator.resource import CRD_NAME
 from fastapi import FastAPI
+from lightkube import AsyncClient, KubeConfig
 from redis.exceptions import RedisError
 from sqlalchemy import make_url
 
@@ -23,6 +27,7 @@ from service.container import build_container
 from service.core.config import Settings
 from service.db import migrate
 from service.main import create_app
+from tests.kube import ApiServer, api_server, kubectl
 from tests.pg_cluster import ScramCluster, scram_cluster
 from tests.support import (
     PG_ADMIN_URL,
@@ -291,3 +296,22 @@ def identity_app(
 def user_factory() -> UserFactory:
     """`await user_factory(app, role="admin", tenant_slug="acme")` -> KnownUser."""
     return create_user
+
+
+@pytest.fixture(scope="session")
+def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One Kubernetes control plane for the session (the operator's, the chart's and the
+    manifests' tests), the Tenant CRD installed; fails under CI if it cannot run."""
+    if shutil.which("etcd") is None:
+        unavailable("etcd (apt-get install etcd-server) for the Kubernetes API server", "absent")
+    with api_server(tmp_path_factory.mktemp("kube")) as server:
+        kubectl(server, "apply", "-f", "-", input=render_yaml())
+        kubectl(server, "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def kube_admin(kube_server: ApiServer) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient(config=KubeConfig.from_file(kube_server.kubeconfig), trust_env=False)
+    yield client
+    await client.close()

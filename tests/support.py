@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -235,6 +237,22 @@ def service_env(**overrides: str) -> dict[str, str]:
 # Real processes: the CLI, migrations and the server exactly as they run in a container.
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+# Where scripts/install-test-tools puts what no package manager has (helm; checkov's venv).
+TOOLS_DIRS = (REPOSITORY / ".tools" / "bin", REPOSITORY / ".tools" / "checkov" / "bin")
+
+
+def require_tool(name: str) -> Path:
+    """A command-line tool the tests run for real: the project's .tools, the venv's bin (the
+    PyPI ones: hadolint, kubernetes-validate, check-jsonschema), then PATH. Fails under
+    CI=true when it is missing (`make test-tools` installs it), skips loudly elsewhere."""
+    venv_bin = Path(sys.executable).parent
+    for directory in (*TOOLS_DIRS, venv_bin):
+        if (directory / name).is_file():
+            return directory / name
+    found = shutil.which(name)
+    if found is None:
+        unavailable(f"{name} (make test-tools installs it)", "not installed")
+    return Path(str(found))
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -1,4 +1,5 @@
-"""`python -m berth_operator [run | crd | rbac]`: run the operator, or print its manifests."""
+"""`python -m berth_operator [run | crd | rbac | rbac-rules]`: run the operator, or print
+its manifests (rbac-rules: the file the chart renders its RBAC from)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     rbac.add_argument(
         "--watch", default="", help="comma-separated namespaces it watches (empty: all)"
     )
+    commands.add_parser(
+        "rbac-rules", help="print charts/berth/files/operator-rbac.yaml (the chart's RBAC source)"
+    )
     return parser
 
 
@@ -38,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
         watched = [name.strip() for name in args.watch.split(",") if name.strip()]
         sys.stdout.write(rbac.render_yaml(args.namespace, args.service_account, watched))
+        return 0
+    if args.command == "rbac-rules":
+        from berth_operator import rbac
+
+        sys.stdout.write(rbac.render_chart_rules_yaml())
         return 0
     from berth_operator.app import main_run
     from berth_operator.config import load_operator_settings

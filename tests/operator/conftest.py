@@ -1,56 +1,34 @@
-"""Fixtures for the operator: a real Kubernetes API server (RBAC, CEL, finalizers, garbage
-collection) with the CRD installed, the real PostgreSQL, and a reconciler wired as the
-operator wires it, acting as the cluster admin (the end-to-end test binds the chart's RBAC)."""
+"""Fixtures for the operator: a namespace of its own on the session's real Kubernetes API
+server (tests/conftest.py: `kube_server`, CRD installed), the real PostgreSQL, and a reconciler
+wired as the operator wires it, acting as the cluster admin (the end-to-end test binds the
+chart's RBAC)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pytest
 from berth_operator.config import OperatorSettings, ServerSecret
-from berth_operator.crd import render_yaml
 from berth_operator.kube import Kube, TenantResource, decode, encode, retry_rule_faults
 from berth_operator.metrics import OperatorMetrics
 from berth_operator.reconciler import Reconciler, StepHook
 from berth_operator.registry import Registries
 from berth_operator.resource import API_VERSION, KIND, Tenant
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Namespace, Secret
 from lightkube.types import PatchType
 
 from service.tenants.postgres import tenant_names
-from tests.kube import ApiServer, api_server, kubectl
-from tests.support import PG_ADMIN_URL, asyncpg_dsn, unavailable
+from tests.support import PG_ADMIN_URL, asyncpg_dsn
 
 SERVER_SECRET = "pg"
 REGISTRY_SECRET = "berth-tenant-registry"
-
-
-@pytest.fixture(scope="session")
-def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """One control plane for the session, the CRD installed; fails under CI if it cannot run."""
-    if shutil.which("etcd") is None:
-        unavailable("etcd (apt-get install etcd-server) for the Kubernetes API server", "absent")
-    with api_server(tmp_path_factory.mktemp("kube")) as server:
-        kubectl(server, "apply", "-f", "-", input=render_yaml())
-        kubectl(
-            server, "wait", "--for=condition=Established", "crd/tenants.berth.dev", "--timeout=60s"
-        )
-        yield server
-
-
-@pytest.fixture(scope="session")
-async def kube_admin(kube_server: ApiServer) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(config=KubeConfig.from_file(kube_server.kubeconfig), trust_env=False)
-    yield client
-    await client.close()
 
 
 async def drop_tenant_objects(slug: str) -> None:

@@ -12,6 +12,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -275,6 +276,42 @@ def test_migrate_creates_the_sqlite_file_at_head_and_downgrades_to_base(tmp_path
     tables, versions = sqlite_state(database)
     assert "users" not in tables
     assert versions == []
+
+
+def test_migrate_check_passes_only_at_the_images_head_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """What the pods' init container runs: it must not migrate, only look."""
+    before = run_cli("migrate", "--check", cwd=tmp_path)
+
+    assert before.returncode == 1
+    assert f"this image needs {HEAD}" in before.stderr
+    assert "no revision" in before.stderr
+    with sqlite3.connect(tmp_path / "data" / "berth.db") as connection:  # nothing applied
+        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
+    connection.close()
+
+    assert run_cli("migrate", cwd=tmp_path).returncode == 0
+    after = run_cli("migrate", "--check", cwd=tmp_path)
+
+    assert after.returncode == 0, after.stderr
+    assert HEAD is not None
+    assert HEAD in after.stdout
+
+
+def test_migrate_check_waits_as_long_as_asked_then_gives_up(tmp_path: Path) -> None:
+    started = time.monotonic()
+    waited = run_cli("migrate", "--check", "--wait", "1.5", cwd=tmp_path)
+
+    assert waited.returncode == 1
+    assert time.monotonic() - started >= 1.5
+
+
+def test_migrate_check_with_another_migrate_option_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("migrate", "--check", "--downgrade", "base", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "--check takes no other migrate option" in result.stderr
 
 
 async def test_uvicorn_factory_serves_the_app(spawn: SpawnFactory, migrated_sqlite: str) -> None:

@@ -1,0 +1,108 @@
+"""The operator in the chart: the RBAC berth_operator/rbac.py defines (the end-to-end test
+binds exactly that), one instance, the settings the operator reads, the CRD it generates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from berth_operator import rbac
+from berth_operator.app import LIVENESS_PATH
+from berth_operator.config import OperatorSettings
+
+from tests.charts.support import CHART_DIR, NAMESPACE, RELEASE, Chart, container
+from tests.charts.test_service import setting_exists
+
+CI = CHART_DIR / "ci"
+RBAC_KINDS = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+OPERATOR = f"{RELEASE}-operator"
+
+
+def comparable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What RBAC decides on: kind, name, namespace, rules, roleRef, subjects."""
+    metadata = manifest["metadata"]
+    keys = ("rules", "roleRef", "subjects")
+    return {
+        "kind": manifest["kind"],
+        "name": metadata["name"],
+        "namespace": metadata.get("namespace"),
+        **{key: manifest[key] for key in keys if key in manifest},
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "watched"),
+    [
+        ("default-values", [NAMESPACE]),
+        ("watched-namespaces-values", ["shop", "billing"]),
+        ("all-namespaces-values", None),
+    ],
+)
+def test_the_rbac_is_exactly_what_the_operator_defines(
+    chart: Chart, values: str, watched: list[str] | None
+) -> None:
+    rendered = chart.render(CI / f"{values}.yaml")
+    values_file = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    account = values_file["operator"]["serviceAccount"]["name"]
+
+    ours = [comparable(m) for m in rendered.manifests if m["kind"] in RBAC_KINDS]
+    expected = [comparable(m) for m in rbac.manifests(NAMESPACE, account, watched)]
+
+    assert sorted(ours, key=str) == sorted(expected, key=str)
+
+
+def test_the_rules_file_is_generated_from_the_operator() -> None:
+    assert (
+        CHART_DIR / "files" / "operator-rbac.yaml"
+    ).read_text() == rbac.render_chart_rules_yaml()
+
+
+def test_no_operator_means_no_operator_objects(chart: Chart) -> None:
+    rendered = chart.render(CI / "operator-off-values.yaml")
+
+    assert [m for m in rendered.manifests if m["kind"] in RBAC_KINDS] == []
+    assert [d["metadata"]["name"] for d in rendered.of_kind("Deployment")] == [RELEASE]
+
+
+def test_the_operator_runs_alone_with_the_settings_it_reads(chart: Chart) -> None:
+    rendered = chart.render(CI / "watched-namespaces-values.yaml")
+    deployment = rendered.one("Deployment", OPERATOR)
+    operator = container(deployment, "operator")
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+    defaults = OperatorSettings()
+
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert operator["args"] == ["berth_operator", "run"]
+    assert operator["livenessProbe"]["httpGet"] == {"path": LIVENESS_PATH, "port": "liveness"}
+    ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
+    assert ports == {"liveness": defaults.liveness_port, "metrics": defaults.metrics_port}
+    assert env["BERTH_OPERATOR__NAMESPACES"] == "shop,billing"
+    assert env["BERTH_OPERATOR__REGISTRY_SECRET"] == defaults.registry_secret
+    assert env["BERTH_OPERATOR__DEFAULT_SERVER__NAME"] == "berth-postgres-admin"
+    assert "POD_NAMESPACE" in env
+    unknown = [
+        name
+        for name in env
+        if name != "POD_NAMESPACE"
+        and not setting_exists(name, OperatorSettings, "BERTH_OPERATOR__")
+    ]
+    assert unknown == []
+
+
+def test_watching_every_namespace_leaves_the_namespaces_setting_empty(chart: Chart) -> None:
+    rendered = chart.render(CI / "all-namespaces-values.yaml")
+    operator = container(rendered.one("Deployment", OPERATOR), "operator")
+
+    env = {item["name"]: item.get("value") for item in operator["env"]}
+
+    assert env["BERTH_OPERATOR__NAMESPACES"] == ""
+
+
+def test_the_charts_crd_is_the_operators() -> None:
+    from berth_operator.crd import render_yaml
+
+    committed = (CHART_DIR / "crds" / "tenants.berth.dev.yaml").read_text()
+
+    assert yaml.safe_load(committed) == yaml.safe_load(render_yaml())

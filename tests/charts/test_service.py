@@ -1,0 +1,307 @@
+"""What the chart says about the service comes from the service: its routes, port and
+settings (imported here, never retyped), the registry mount of docs/tenants.md, the shutdown
+it can do, and a pod spec hardened as a platform team expects."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+import pytest
+import yaml
+from berth_operator.config import OperatorSettings
+from pydantic import BaseModel
+
+from service.core.config import DatabaseSettings, HttpSettings, Settings, TenantSettings
+from service.main import LIVE_PATH, READY_PATH
+from tests.charts.support import (
+    CHART_DIR,
+    DEFAULT_VALUES,
+    RELEASE,
+    Chart,
+    Rendered,
+    container,
+    service_deployment,
+)
+from tests.support import REPOSITORY, process_env
+
+CI = CHART_DIR / "ci"
+
+
+@pytest.fixture(scope="module")
+def rendered(chart: Chart) -> Rendered:
+    return chart.render()
+
+
+def setting_exists(env: str, model: type[BaseModel], prefix: str) -> bool:
+    """Whether `BERTH_GROUP__FIELD` names a field of `model` (nested by `__`)."""
+    if not env.startswith(prefix):
+        return False
+    current: Any = model
+    for part in env.removeprefix(prefix).lower().split("__"):
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return False
+        current = fields[part].annotation
+    return True
+
+
+def test_probes_ask_the_services_own_health_routes_on_its_port(rendered: Rendered) -> None:
+    api = container(service_deployment(rendered), "api")
+
+    assert api["startupProbe"]["httpGet"]["path"] == LIVE_PATH
+    assert api["livenessProbe"]["httpGet"]["path"] == LIVE_PATH
+    assert api["readinessProbe"]["httpGet"]["path"] == READY_PATH
+    assert api["ports"] == [
+        {"name": "http", "containerPort": HttpSettings().port, "protocol": "TCP"}
+    ]
+    assert rendered.environment(api)["BERTH_HTTP__PORT"] == str(HttpSettings().port)
+
+
+def test_every_environment_variable_is_a_setting_of_the_service(chart: Chart) -> None:
+    rendered = chart.render(settings={"config.BERTH_TENANTS__ENGINE_POOL_SIZE": "7"})
+    api = container(service_deployment(rendered), "api")
+
+    names = set(rendered.environment(api))
+
+    assert "BERTH_TENANTS__ENGINE_POOL_SIZE" in names
+    assert [n for n in names if not setting_exists(n, Settings, "BERTH_")] == []
+
+
+def test_the_check_for_settings_names_can_fail() -> None:
+    assert setting_exists("BERTH_DATABASE__URL", Settings, "BERTH_")
+    assert not setting_exists("BERTH_DATABASE__URI", Settings, "BERTH_")
+    assert not setting_exists("BERTH_DATABSE__URL", Settings, "BERTH_")
+
+
+@pytest.mark.parametrize("values", ["default-values", "hpa-values", "networkpolicy-values"])
+def test_the_rendered_settings_pass_the_services_production_check(
+    chart: Chart, values: str, tmp_path: Any
+) -> None:
+    """`python -m service check-config` with the environment the pod would get."""
+    rendered = chart.render(CI / f"{values}.yaml")
+    env = rendered.environment(container(service_deployment(rendered), "api"))
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "service", "check-config"],
+        env=process_env(**env), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+
+    assert env["BERTH_ENVIRONMENT"] == "production"
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_with_the_hpa_on_the_deployment_has_no_replicas(chart: Chart) -> None:
+    without = service_deployment(chart.render())
+    rendered = chart.render(CI / "hpa-values.yaml")
+
+    assert without["spec"]["replicas"] == 2
+    assert "replicas" not in service_deployment(rendered)["spec"]
+    hpa = rendered.one("HorizontalPodAutoscaler", RELEASE)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == RELEASE
+    kinds = {metric["type"] for metric in hpa["spec"]["metrics"]}
+    assert kinds == {"Resource", "Pods"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_an_hpa_without_a_metric_is_refused(chart: Chart) -> None:
+    refused = chart.template(
+        DEFAULT_VALUES,
+        settings={
+            "autoscaling.enabled": "true",
+            "autoscaling.targetCPUUtilizationPercentage": "null",
+        },
+        check=False,
+    )
+
+    assert refused.returncode != 0
+    assert "autoscaling.enabled needs a metric" in refused.stderr
+
+
+def test_the_disruption_budget_never_blocks_a_drain(rendered: Rendered) -> None:
+    budget = rendered.one("PodDisruptionBudget", RELEASE)
+
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {
+            "matchLabels": service_deployment(rendered)["spec"]["selector"]["matchLabels"]
+        },
+    }
+
+
+def test_a_changed_setting_rolls_the_pods_and_an_unchanged_one_does_not(chart: Chart) -> None:
+    def checksum(**settings: str) -> str:
+        deployment = service_deployment(chart.render(settings=settings))
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() == checksum()
+    assert checksum() != checksum(**{"config.BERTH_CACHE__TTL_SECONDS": "30"})
+    assert checksum() != checksum(**{"redis.url": "redis://elsewhere:6379/0"})
+
+
+def test_the_grace_period_covers_the_prestop_pause_and_the_drain(chart: Chart) -> None:
+    rendered = chart.render(
+        settings={"shutdown.preStopSeconds": "7", "shutdown.drainSeconds": "30"}
+    )
+    deployment = service_deployment(rendered)
+    api = container(deployment, "api")
+
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 7 + 30 + 5
+    assert api["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
+    assert rendered.environment(api)["BERTH_HTTP__GRACEFUL_SHUTDOWN_SECONDS"] == "30"
+
+
+def test_the_default_drain_is_the_services_own_default(rendered: Rendered) -> None:
+    api = container(service_deployment(rendered), "api")
+
+    drain = float(rendered.environment(api)["BERTH_HTTP__GRACEFUL_SHUTDOWN_SECONDS"])
+
+    assert drain == HttpSettings().graceful_shutdown_seconds
+
+
+def registry_block_of_the_docs() -> dict[str, Any]:
+    """The YAML block in docs/tenants.md that says how pods mount the registry."""
+    text = (REPOSITORY / "docs" / "tenants.md").read_text()
+    after = text.split("Mounted in the service's pods as a directory", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", after, re.DOTALL)
+    assert block is not None
+    loaded: dict[str, Any] = yaml.safe_load(block.group(1))
+    return loaded
+
+
+def test_the_registry_is_mounted_as_docs_tenants_md_says(rendered: Rendered) -> None:
+    documented = registry_block_of_the_docs()
+    pod = service_deployment(rendered)["spec"]["template"]["spec"]
+    api = container(service_deployment(rendered), "api")
+    job = rendered.one("Job", f"{RELEASE}-migrations")
+
+    (volume,) = documented["volumes"]
+    (mount,) = documented["containers"][0]["volumeMounts"]
+    (env,) = documented["containers"][0]["env"]
+    assert volume in pod["volumes"]
+    assert mount in api["volumeMounts"]
+    assert rendered.environment(api)[env["name"]] == env["value"]
+    assert mount in container(job, "tenants")["volumeMounts"]
+    assert volume in job["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == OperatorSettings().registry_secret
+    assert not [
+        s
+        for s in rendered.of_kind("Secret")
+        if s["metadata"]["name"] == volume["secret"]["secretName"]
+    ]
+
+
+def test_every_container_is_hardened(chart: Chart) -> None:
+    for values in ("default-values", "networkpolicy-values"):
+        rendered = chart.render(CI / f"{values}.yaml")
+        for where, spec in rendered.containers():
+            context = spec["securityContext"]
+            assert context["runAsNonRoot"] is True, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert isinstance(context["runAsUser"], int), where
+            assert {"name": "tmp", "mountPath": "/tmp"} in spec.get("volumeMounts", []), where
+            assert "memory" in spec["resources"]["limits"], where
+
+
+def test_only_the_operator_holds_a_service_account_token(rendered: Rendered) -> None:
+    holders = [
+        where
+        for where, pod in rendered.pod_specs()
+        if pod.get("automountServiceAccountToken", True)
+    ]
+
+    assert holders == [f"Deployment/{RELEASE}-operator"]
+
+
+def test_pods_spread_over_nodes_and_zones_without_blocking_scheduling(rendered: Rendered) -> None:
+    spread = service_deployment(rendered)["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+    assert [c["topologyKey"] for c in spread] == [
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    ]
+    assert {c["whenUnsatisfiable"] for c in spread} == {"ScheduleAnyway"}
+
+
+def test_the_ingress_and_the_route_reach_the_service_port(chart: Chart) -> None:
+    rendered = chart.render(CI / "ingress-values.yaml")
+    service = rendered.one("Service", RELEASE)
+
+    ingress = rendered.one("Ingress", RELEASE)
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": RELEASE, "port": {"name": service["spec"]["ports"][0]["name"]}}
+    route = rendered.one("HTTPRoute", RELEASE)
+    assert route["spec"]["rules"][0]["backendRefs"] == [
+        {"name": RELEASE, "port": service["spec"]["ports"][0]["port"]}
+    ]
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+
+
+def test_network_policies_keep_dns_and_reach_only_the_backends(chart: Chart) -> None:
+    rendered = chart.render(CI / "networkpolicy-values.yaml")
+    api = rendered.one("NetworkPolicy", RELEASE)
+
+    ports = [[p["port"] for p in rule["ports"]] for rule in api["spec"]["egress"]]
+    assert ports == [[53, 53], [5432], [6379]]
+    assert api["spec"]["egress"][2]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    selectors = [p["spec"]["podSelector"]["matchLabels"] for p in rendered.of_kind("NetworkPolicy")]
+    for manifest in rendered.manifests:
+        labels = pod_labels(manifest)
+        if labels is not None:
+            assert any(s.items() <= labels.items() for s in selectors), manifest["metadata"]["name"]
+
+
+def pod_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """The labels of the pods a manifest makes (None: it makes none)."""
+    if manifest["kind"] == "Pod":
+        return dict(manifest["metadata"]["labels"])
+    template = manifest.get("spec", {}).get("template")
+    return None if template is None else dict(template["metadata"]["labels"])
+
+
+def test_the_notes_budget_uses_the_services_own_pool_defaults(chart: Chart) -> None:
+    notes = chart.run(
+        "install", "--dry-run=client", RELEASE, str(CHART_DIR), "-f", str(DEFAULT_VALUES)
+    ).stdout
+    database, tenants = DatabaseSettings(), TenantSettings()
+    control = database.pool_size + database.max_overflow
+    per_tenant = tenants.engine_pool_size + tenants.engine_max_overflow
+    per_replica = control + tenants.engine_cache_size * per_tenant
+
+    assert (
+        f"{control} + {tenants.engine_cache_size} x {per_tenant} = {per_replica} per replica"
+        in notes
+    )
+    assert f"x 2 replicas = {2 * per_replica} connections" in notes
+
+
+def test_the_charts_app_version_is_the_projects_version() -> None:
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+
+    assert chart["appVersion"] == project["version"]
+
+
+def test_the_parameter_table_of_the_readme_is_current(tmp_path: Any) -> None:
+    script = REPOSITORY / "scripts" / "chart-readme.py"
+
+    current = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+
+    assert current.returncode == 0, current.stdout
+    readme = (CHART_DIR / "README.md").read_text()
+    for key in (
+        "replicaCount",
+        "autoscaling.enabled",
+        "operator.namespaces",
+        "migrations.useHelmHooks",
+    ):
+        assert f"| `{key}` |" in readme

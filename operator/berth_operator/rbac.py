@@ -20,10 +20,18 @@ from berth_operator.resource import CRD_NAME, GROUP, MANAGER, PLURAL
 Manifest = dict[str, Any]
 
 TENANTS_BINDING = f"{MANAGER}-tenants"
+# Why each rule is there (operator/README.md has the long form):
 TENANT_NAMESPACE_RULES: list[Manifest] = [
+    # kopf lists and watches Tenants, and patches them for its finalizer and bookkeeping; the
+    # CRD-deletion helper removes the finalizer with a JSON patch. No `get`: nothing reads one.
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
+    # The status is written with a merge patch on the subresource, never read back.
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
+    # Secrets by name only (server, credentials, registry): read, first write, replace with
+    # the resourceVersion read. No list/watch (every Secret of the namespace), no delete (the
+    # garbage collector deletes a Tenant's credentials through its ownerReference).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
+    # One new Event per report (kopf's own Event posting is off).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # Its own RoleBinding, to hold it with a finalizer (berth_operator.bindings): deleting the
     # namespace would otherwise take the operator's rights before its Tenants are finished.
@@ -37,11 +45,13 @@ TENANT_NAMESPACE_RULES: list[Manifest] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
 ]
 OPERATOR_NAMESPACE_RULES: list[Manifest] = [
+    # The single-instance Lease: read, create once, take over/renew/hand back by replace.
     {
         "apiGroups": ["coordination.k8s.io"],
         "resources": ["leases"],
         "verbs": ["get", "create", "update"],
     },
+    # The default server's admin URL Secret.
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]
 # Cluster-wide, but for one object: to notice the CRD being deleted (berth_operator.crd_deletion).

@@ -14,6 +14,8 @@ import yaml
 from tests.support import REPOSITORY
 
 CHART_DIR = REPOSITORY / "charts" / "berth"
+# The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion floor) and the newest tested.
+KUBERNETES_VERSIONS = ("1.25.0", "1.35.0")
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 DEFAULT_VALUES = CHART_DIR / "ci" / "default-values.yaml"
 RELEASE = "berth"

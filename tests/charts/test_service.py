@@ -16,7 +16,7 @@ from berth_operator.config import OperatorSettings
 from pydantic import BaseModel
 
 from service.core.config import DatabaseSettings, HttpSettings, Settings, TenantSettings
-from service.main import LIVE_PATH, READY_PATH
+from service.main import LIVE_PATH, METRICS_PATH, READY_PATH
 from tests.charts.support import (
     CHART_DIR,
     DEFAULT_VALUES,
@@ -55,9 +55,11 @@ def test_probes_ask_the_services_own_health_routes_on_its_port(rendered: Rendere
     assert api["startupProbe"]["httpGet"]["path"] == LIVE_PATH
     assert api["livenessProbe"]["httpGet"]["path"] == LIVE_PATH
     assert api["readinessProbe"]["httpGet"]["path"] == READY_PATH
-    assert api["ports"] == [
-        {"name": "http", "containerPort": HttpSettings().port, "protocol": "TCP"}
-    ]
+    assert api["ports"][0] == {
+        "name": "http",
+        "containerPort": HttpSettings().port,
+        "protocol": "TCP",
+    }
     assert rendered.environment(api)["BERTH_HTTP__PORT"] == str(HttpSettings().port)
 
 
@@ -305,3 +307,44 @@ def test_the_parameter_table_of_the_readme_is_current(tmp_path: Any) -> None:
         "migrations.useHelmHooks",
     ):
         assert f"| `{key}` |" in readme
+
+
+def test_metrics_are_served_apart_from_the_api_and_never_routed_by_the_ingress(
+    chart: Chart,
+) -> None:
+    rendered = chart.render(CI / "ingress-values.yaml")
+    api = container(service_deployment(rendered), "api")
+    ports = {port["name"]: port["containerPort"] for port in api["ports"]}
+    service_ports = {p["name"]: p for p in rendered.one("Service", RELEASE)["spec"]["ports"]}
+
+    assert rendered.environment(api)["BERTH_OBSERVABILITY__METRICS_PORT"] == str(ports["metrics"])
+    assert ports["metrics"] != ports["http"]
+    assert service_ports["metrics"]["targetPort"] == "metrics"
+    paths = rendered.one("Ingress", RELEASE)["spec"]["rules"][0]["http"]["paths"]
+    assert {p["backend"]["service"]["port"]["name"] for p in paths} == {"http"}
+
+
+def test_monitors_scrape_the_service_and_the_operator_where_they_serve_metrics(
+    chart: Chart,
+) -> None:
+    rendered = chart.render(CI / "monitoring-values.yaml")
+    service = rendered.one("Service", RELEASE)
+    monitor = rendered.one("ServiceMonitor", RELEASE)
+    pod_monitor = rendered.one("PodMonitor", f"{RELEASE}-operator")
+    operator_pod = rendered.one("Deployment", f"{RELEASE}-operator")["spec"]["template"]
+
+    # kube-prometheus-stack selects monitors by its release label.
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["path"] == METRICS_PATH
+    selector = pod_monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= operator_pod["metadata"]["labels"].items()
+    operator_ports = {p["name"] for p in operator_pod["spec"]["containers"][0]["ports"]}
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in operator_ports
+
+
+def test_no_monitors_unless_asked(rendered: Rendered) -> None:
+    assert rendered.of_kind("ServiceMonitor") == rendered.of_kind("PodMonitor") == []

@@ -12,14 +12,13 @@ from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
-from tests.charts.support import CHART_DIR, CI_VALUES, DEFAULT_VALUES, Chart
+from tests.charts.support import CHART_DIR, CI_VALUES, DEFAULT_VALUES, KUBERNETES_VERSIONS, Chart
 from tests.kube import ApiServer, kubectl
 from tests.support import require_tool
 
-# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest tested.
-KUBERNETES_VERSIONS = ("1.25.0", "1.35.0")
-# Not a built-in kind: no schema offline, and no Gateway API CRDs on the test API server.
-NOT_BUILT_IN = {"HTTPRoute"}
+# Not built-in kinds: no schema offline, and neither the Gateway API's nor the Prometheus
+# Operator's CRDs on the test API server (tests/charts/test_service.py checks their shape).
+NOT_BUILT_IN = {"HTTPRoute", "ServiceMonitor", "PodMonitor"}
 
 
 def ids(paths: list[Path]) -> list[str]:

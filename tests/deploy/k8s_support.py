@@ -4,6 +4,7 @@ documents and objects, skaffold's JSON patches and globs, and the schemas beside
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import URL
 
+from tests.charts.support import CHART_DIR
 from tests.support import REPOSITORY, unavailable
 
 Manifest = dict[str, Any]
@@ -22,13 +24,13 @@ SKAFFOLD_FILE = REPOSITORY / "skaffold.yaml"
 K8S_DIR = REPOSITORY / "k8s"
 DEV_DIR = K8S_DIR / "dev"
 EXAMPLES_DIR = K8S_DIR / "examples"
-CHART_DIR = REPOSITORY / "charts" / "berth"
-# ../shared/schemas beside the checkout (its README: absent, a test skips, or fails under CI).
-SCHEMAS_DIR = REPOSITORY.parent / "shared" / "schemas"
-SKAFFOLD_SCHEMA = SCHEMAS_DIR / "skaffold-v4beta14.json"
-
-# The oldest Kubernetes the chart supports (its kubeVersion floor) and the newest supported.
-KUBERNETES_VERSIONS = ("1.25.0", "1.35.0")
+# ../shared/schemas beside the checkout, else the workplace's (a clone elsewhere on this
+# machine, as CI's may be); absent, a test skips loudly, or fails under CI.
+SCHEMAS_DIRS = (
+    REPOSITORY.parent / "shared" / "schemas",
+    Path(os.environ.get("BERTH_SHARED_DIR", "/work/shared")) / "schemas",
+)
+SKAFFOLD_SCHEMA_NAME = "skaffold-v4beta14.json"
 DEV_ONLY = re.compile(r"development only", re.IGNORECASE)
 # Kinds whose objects have no namespace (of those k8s/ may hold).
 CLUSTER_SCOPED = frozenset({"Namespace"})
@@ -218,11 +220,13 @@ def chart_values() -> Manifest:
     return values
 
 
-def schema_file(path: Path) -> Path:
-    """A schema from ../shared/schemas; absent, the test skips loudly (fails under CI)."""
-    if not path.is_file():
-        unavailable(f"the schema {path}", "absent beside the checkout")
-    return path
+def schema_file(name: str) -> Path:
+    """A schema from the shared schemas; absent, the test skips loudly (fails under CI)."""
+    for directory in SCHEMAS_DIRS:
+        if (directory / name).is_file():
+            return directory / name
+    unavailable(f"the schema {name} (in {' or '.join(map(str, SCHEMAS_DIRS))})", "absent")
+    raise AssertionError("unreachable")  # unavailable() fails or skips
 
 
 def run(tool: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -34,12 +34,12 @@ from berth_operator.resource import (
 )
 from sqlalchemy import make_url
 
+from tests.charts.support import KUBERNETES_VERSIONS
 from tests.deploy.k8s_support import (
     CLUSTER_SCOPED,
     DEV_DIR,
     DEV_ONLY,
     EXAMPLES_DIR,
-    KUBERNETES_VERSIONS,
     Manifest,
     assert_logs_into_the_dev_postgres,
     containers,

@@ -15,12 +15,11 @@ import yaml
 from sqlalchemy import make_url
 
 from service.core.config import HttpSettings
+from tests.charts.support import CHART_DIR, KUBERNETES_VERSIONS
 from tests.deploy.k8s_support import (
-    CHART_DIR,
     DEV_DIR,
     EXAMPLES_DIR,
-    KUBERNETES_VERSIONS,
-    SKAFFOLD_SCHEMA,
+    SKAFFOLD_SCHEMA_NAME,
     Manifest,
     assert_logs_into_the_dev_postgres,
     chart_values,
@@ -78,7 +77,7 @@ def check_schema(configs: list[Manifest], directory: Path) -> subprocess.Complet
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         files.append(path)
     checker = require_tool("check-jsonschema")
-    return run(checker, "--schemafile", schema_file(SKAFFOLD_SCHEMA), *files)
+    return run(checker, "--schemafile", schema_file(SKAFFOLD_SCHEMA_NAME), *files)
 
 
 # -- the schema ---------------------------------------------------------------------------

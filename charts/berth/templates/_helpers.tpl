@@ -75,6 +75,7 @@ BERTH_ENVIRONMENT: {{ .Values.environment | quote }}
 BERTH_HTTP__HOST: "0.0.0.0"
 BERTH_HTTP__PORT: {{ include "berth.containerPort" . | quote }}
 BERTH_HTTP__GRACEFUL_SHUTDOWN_SECONDS: {{ .Values.shutdown.drainSeconds | quote }}
+BERTH_OBSERVABILITY__METRICS_PORT: {{ .Values.metrics.port | quote }}
 BERTH_TENANTS__REGISTRY_DIR: {{ include "berth.registryDir" . | quote }}
 BERTH_OBSERVABILITY__LOG_FORMAT: "json"
 {{- range $name, $value := .Values.config }}

@@ -347,4 +347,23 @@ def test_monitors_scrape_the_service_and_the_operator_where_they_serve_metrics(
 
 
 def test_no_monitors_unless_asked(rendered: Rendered) -> None:
-    assert rendered.of_kind("ServiceMonitor") == rendered.of_kind("PodMonitor") == []
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        assert rendered.of_kind(kind) == [], kind
+
+
+def test_the_prometheus_rule_carries_the_rules_of_observability(chart: Chart) -> None:
+    source = REPOSITORY / "observability" / "prometheus" / "rules"
+    copies = CHART_DIR / "files" / "prometheus"
+    rendered = chart.render(CI / "monitoring-values.yaml")
+    rule = rendered.one("PrometheusRule", RELEASE)
+
+    assert sorted(p.name for p in copies.glob("*.yaml")) == sorted(
+        p.name for p in source.glob("*.yaml")
+    )
+    for original in source.glob("*.yaml"):
+        assert (copies / original.name).read_text() == original.read_text(), original.name
+    expected = [
+        g for p in sorted(source.glob("*.yaml")) for g in yaml.safe_load(p.read_text())["groups"]
+    ]
+    assert rule["spec"]["groups"] == expected
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -18,7 +18,7 @@ from tests.support import require_tool
 
 # Not built-in kinds: no schema offline, and neither the Gateway API's nor the Prometheus
 # Operator's CRDs on the test API server (tests/charts/test_service.py checks their shape).
-NOT_BUILT_IN = {"HTTPRoute", "ServiceMonitor", "PodMonitor"}
+NOT_BUILT_IN = {"HTTPRoute", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def ids(paths: list[Path]) -> list[str]:

@@ -241,6 +241,23 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 TOOLS_DIRS = (REPOSITORY / ".tools" / "bin", REPOSITORY / ".tools" / "checkov" / "bin")
 
 
+# ../shared/schemas beside the checkout, else the workplace's (a clone elsewhere on this
+# machine, as CI's may be); absent, a test skips loudly, or fails under CI.
+SCHEMAS_DIRS = (
+    REPOSITORY.parent / "shared" / "schemas",
+    Path(os.environ.get("BERTH_SHARED_DIR", "/work/shared")) / "schemas",
+)
+
+
+def schema_file(name: str) -> Path:
+    """A schema from the shared schemas; absent, the test skips loudly (fails under CI)."""
+    for directory in SCHEMAS_DIRS:
+        if (directory / name).is_file():
+            return directory / name
+    unavailable(f"the schema {name} (in {' or '.join(map(str, SCHEMAS_DIRS))})", "absent")
+    raise AssertionError("unreachable")  # unavailable() fails or skips
+
+
 def require_tool(name: str) -> Path:
     """A command-line tool the tests run for real: the project's .tools, the venv's bin (the
     PyPI ones: hadolint, kubernetes-validate, check-jsonschema), then PATH. Fails under

@@ -4,6 +4,7 @@ it can do, and a pod spec hardened as a platform team expects."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -349,21 +350,47 @@ def test_monitors_scrape_the_service_and_the_operator_where_they_serve_metrics(
 def test_no_monitors_unless_asked(rendered: Rendered) -> None:
     for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         assert rendered.of_kind(kind) == [], kind
+    assert not [
+        m for m in rendered.of_kind("ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "copies"),
+    [("prometheus/rules", "prometheus"), ("grafana/dashboards", "dashboards")],
+)
+def test_the_chart_carries_exact_copies_of_observability(source: str, copies: str) -> None:
+    """Helm reads nothing outside the chart: its files/ hold copies, kept equal here."""
+    originals = sorted((REPOSITORY / "observability" / source).glob("*.*"))
+    carried = sorted((CHART_DIR / "files" / copies).glob("*.*"))
+
+    assert originals
+    assert [p.name for p in carried] == [p.name for p in originals]
+    for original, copy in zip(originals, carried, strict=True):
+        assert copy.read_text() == original.read_text(), original.name
 
 
 def test_the_prometheus_rule_carries_the_rules_of_observability(chart: Chart) -> None:
     source = REPOSITORY / "observability" / "prometheus" / "rules"
-    copies = CHART_DIR / "files" / "prometheus"
-    rendered = chart.render(CI / "monitoring-values.yaml")
-    rule = rendered.one("PrometheusRule", RELEASE)
+    rule = chart.render(CI / "monitoring-values.yaml").one("PrometheusRule", RELEASE)
 
-    assert sorted(p.name for p in copies.glob("*.yaml")) == sorted(
-        p.name for p in source.glob("*.yaml")
-    )
-    for original in source.glob("*.yaml"):
-        assert (copies / original.name).read_text() == original.read_text(), original.name
     expected = [
         g for p in sorted(source.glob("*.yaml")) for g in yaml.safe_load(p.read_text())["groups"]
     ]
     assert rule["spec"]["groups"] == expected
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_each_dashboard_is_a_configmap_the_grafana_sidecar_picks_up(chart: Chart) -> None:
+    source = sorted((REPOSITORY / "observability" / "grafana" / "dashboards").glob("*.json"))
+    rendered = chart.render(CI / "monitoring-values.yaml")
+    maps = [
+        m for m in rendered.of_kind("ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]
+    ]
+
+    assert len(maps) == len(source)
+    for dashboard, config_map in zip(
+        source, sorted(maps, key=lambda m: m["metadata"]["name"]), strict=True
+    ):
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(config_map["data"][dashboard.name]) == json.loads(dashboard.read_text())

@@ -4,7 +4,6 @@ documents and objects, skaffold's JSON patches and globs, and the schemas beside
 from __future__ import annotations
 
 import copy
-import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -16,7 +15,7 @@ import yaml
 from sqlalchemy.engine import URL
 
 from tests.charts.support import CHART_DIR
-from tests.support import REPOSITORY, unavailable
+from tests.support import REPOSITORY
 
 Manifest = dict[str, Any]
 
@@ -24,12 +23,6 @@ SKAFFOLD_FILE = REPOSITORY / "skaffold.yaml"
 K8S_DIR = REPOSITORY / "k8s"
 DEV_DIR = K8S_DIR / "dev"
 EXAMPLES_DIR = K8S_DIR / "examples"
-# ../shared/schemas beside the checkout, else the workplace's (a clone elsewhere on this
-# machine, as CI's may be); absent, a test skips loudly, or fails under CI.
-SCHEMAS_DIRS = (
-    REPOSITORY.parent / "shared" / "schemas",
-    Path(os.environ.get("BERTH_SHARED_DIR", "/work/shared")) / "schemas",
-)
 SKAFFOLD_SCHEMA_NAME = "skaffold-v4beta14.json"
 DEV_ONLY = re.compile(r"development only", re.IGNORECASE)
 # Kinds whose objects have no namespace (of those k8s/ may hold).
@@ -218,15 +211,6 @@ def dotted(values: Mapping[str, Any], key: str) -> Any:
 def chart_values() -> Manifest:
     values: Manifest = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
     return values
-
-
-def schema_file(name: str) -> Path:
-    """A schema from the shared schemas; absent, the test skips loudly (fails under CI)."""
-    for directory in SCHEMAS_DIRS:
-        if (directory / name).is_file():
-            return directory / name
-    unavailable(f"the schema {name} (in {' or '.join(map(str, SCHEMAS_DIRS))})", "absent")
-    raise AssertionError("unreachable")  # unavailable() fails or skips
 
 
 def run(tool: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -32,7 +32,6 @@ from tests.deploy.k8s_support import (
     manifest_files,
     repository_glob,
     run,
-    schema_file,
     secret_value,
     selects,
     service_port,
@@ -40,7 +39,7 @@ from tests.deploy.k8s_support import (
     skaffold_configs,
     with_profile,
 )
-from tests.support import REPOSITORY, require_tool
+from tests.support import REPOSITORY, require_tool, schema_file
 
 SERVICES_CONFIG = "berth-dev-services"
 APP_CONFIG = "berth"

@@ -4,41 +4,22 @@ imported from the metrics modules, never retyped here)."""
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from berth_operator import metrics as operator_metrics
 
 from service.core import metrics as core_metrics
-from service.tenants import metrics as tenant_metrics
-from tests.support import REPOSITORY, require_tool
+from tests.observability.support import (
+    PROMETHEUS_DIR,
+    RULE_FILES,
+    SELECTOR,
+    exported_metric_names,
+    promtool,
+    unknown_metrics,
+)
 
-PROMETHEUS_DIR = REPOSITORY / "observability" / "prometheus"
-RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yaml"))
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yaml"))
-# A metric selector: a name followed by its labels or a range (`foo{...}`, `foo[5m]`).
-SELECTOR = re.compile(r"\b([a-zA-Z_][a-zA-Z0-9_:]*)\s*[{\[]")
-HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
-
-
-def exported_metric_names() -> set[str]:
-    """Every metric name the service and the operator define (module-level string constants)."""
-    names = set()
-    for module in (core_metrics, tenant_metrics, operator_metrics):
-        for name, value in vars(module).items():
-            if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z_]+", value):
-                names.add(value)
-    return names
-
-
-def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(require_tool("promtool")), *map(str, args)],
-        capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
-    )  # fmt: skip
 
 
 def rule_expressions(path: Path) -> list[str]:
@@ -94,24 +75,12 @@ def test_every_rules_file_has_unit_tests(rules: Path) -> None:
 
 @pytest.mark.parametrize("rules", RULE_FILES, ids=[p.stem for p in RULE_FILES])
 def test_the_rules_read_only_metrics_berth_exports(rules: Path) -> None:
-    exported = exported_metric_names()
-    recorded = {
-        rule["record"]
-        for g in yaml.safe_load(rules.read_text())["groups"]
-        for rule in g["rules"]
-        if "record" in rule
-    }
-    unknown = []
-    for expression in rule_expressions(rules):
-        for name in SELECTOR.findall(expression):
-            base = next(
-                (name.removesuffix(s) for s in HISTOGRAM_SUFFIXES if name.endswith(s)), name
-            )
-            if base not in exported and name not in recorded and name not in {"by", "without"}:
-                unknown.append(name)
+    unknown = [
+        name for expression in rule_expressions(rules) for name in unknown_metrics(expression)
+    ]
 
     assert unknown == []
-    assert core_metrics.HTTP_REQUEST_DURATION in exported
+    assert core_metrics.HTTP_REQUEST_DURATION in exported_metric_names()
 
 
 def test_the_metric_name_check_can_fail() -> None:

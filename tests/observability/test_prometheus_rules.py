@@ -4,10 +4,14 @@ imported from the metrics modules, never retyped here)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from berth_operator.metrics import Handler, Result
+from berth_operator.resource import Phase
 
 from service.core import metrics as core_metrics
 from tests.observability.support import (
@@ -52,12 +56,13 @@ def test_a_wrong_expectation_fails_the_unit_tests(tmp_path: Path) -> None:
     for rules in RULE_FILES:
         (tmp_path / "rules" / rules.name).write_text(rules.read_text())
     (tmp_path / "tests").mkdir()
-    source = TEST_FILES[0].read_text()
+    recording = PROMETHEUS_DIR / "tests" / "berth-recording.test.yaml"
+    source = recording.read_text()
     broken = source.replace("value: 0.1\n", "value: 0.2\n", 1)
     assert broken != source
-    (tmp_path / "tests" / TEST_FILES[0].name).write_text(broken)
+    (tmp_path / "tests" / recording.name).write_text(broken)
 
-    ran = promtool("test", "rules", TEST_FILES[0].name, cwd=tmp_path / "tests")
+    ran = promtool("test", "rules", recording.name, cwd=tmp_path / "tests")
 
     assert ran.returncode != 0
 
@@ -88,3 +93,58 @@ def test_the_metric_name_check_can_fail() -> None:
 
     assert names == ["http_requests_total"]
     assert "http_requests_total" not in exported_metric_names()
+
+
+# Label values the rules match on, and where berth defines them.
+LABEL_VALUES = {
+    "result": {r.value for r in Result},
+    "handler": {h.value for h in Handler},
+    "phase": {p.value for p in Phase},
+}
+LABEL_MATCHER = re.compile(r'\b(result|phase)(?:=~|!~|=|!=)"([^"]+)"')
+
+
+@pytest.mark.parametrize("rules", RULE_FILES, ids=[p.stem for p in RULE_FILES])
+def test_label_values_matched_are_the_ones_berth_writes(rules: Path) -> None:
+    wrong = [
+        (label, value)
+        for expression in rule_expressions(rules)
+        for label, values in LABEL_MATCHER.findall(expression)
+        for value in values.split("|")
+        if value not in LABEL_VALUES[label]
+    ]
+
+    assert wrong == []
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+
+
+def test_every_alert_has_a_severity_and_a_runbook_section() -> None:
+    readme = (PROMETHEUS_DIR.parent / "README.md").read_text()
+    sections = {line[4:].strip().lower() for line in readme.splitlines() if line.startswith("### ")}
+
+    assert alerts()
+    for alert in alerts():
+        assert alert["labels"]["severity"] in {"page", "ticket"}, alert["alert"]
+        anchor = alert["annotations"]["runbook"].split("#", 1)[1]
+        assert anchor == alert["alert"].lower()
+        assert anchor in sections, f"no runbook section for {alert['alert']}"
+
+
+def test_every_alert_is_unit_tested() -> None:
+    tested = {
+        case["alertname"]
+        for path in TEST_FILES
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    }
+
+    assert {alert["alert"] for alert in alerts()} <= tested

@@ -12,9 +12,10 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import Connection
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("BERTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def unavailable(what: str, why: object) -> None:
+def unavailable(what: str, why: object) -> NoReturn:
     """Fail under CI=true, skip loudly elsewhere: a missing service is never a silent pass."""
     message = f"{what} is not reachable ({why}); CI requires it"
     if IS_CI:
@@ -255,7 +256,6 @@ def schema_file(name: str) -> Path:
         if (directory / name).is_file():
             return directory / name
     unavailable(f"the schema {name} (in {' or '.join(map(str, SCHEMAS_DIRS))})", "absent")
-    raise AssertionError("unreachable")  # unavailable() fails or skips
 
 
 def require_tool(name: str) -> Path:
@@ -269,7 +269,35 @@ def require_tool(name: str) -> Path:
     found = shutil.which(name)
     if found is None:
         unavailable(f"{name} (make test-tools installs it)", "not installed")
-    return Path(str(found))
+    return Path(found)
+
+
+def setting_path(
+    name: str, model: type[BaseModel] | None = None, prefix: str | None = None
+) -> tuple[str, ...] | None:
+    """The settings field an environment variable sets (BERTH_HTTP__HOST -> ("http",
+    "host")), or None: pydantic-settings ignores unknown names, so a typo is silent.
+    `model`/`prefix`: another settings class (the operator's, BERTH_OPERATOR__)."""
+    from service.core.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
+
+    model, prefix = model or Settings, prefix or ENV_PREFIX
+    if not name.startswith(prefix):
+        return None
+    path = tuple(part.lower() for part in name.removeprefix(prefix).split(ENV_NESTED_DELIMITER))
+    current: type[BaseModel] = model
+    for depth, part in enumerate(path):
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        annotation = info.annotation
+        is_group = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if depth == len(path) - 1:
+            return None if is_group else path
+        if not is_group:
+            return None
+        assert isinstance(annotation, type)
+        current = annotation
+    return None
 
 
 def asyncpg_dsn(url: str) -> str:

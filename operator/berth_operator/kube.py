@@ -8,7 +8,6 @@ writes goes through here, so the tests run the same calls against a real API ser
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +20,7 @@ from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_incrementing
 
 from berth_operator.resource import (
     API_VERSION,
@@ -60,7 +60,7 @@ async def get_or_none(request: Awaitable[R]) -> R | None:
     try:
         return await request
     except ApiError as exc:
-        if exc.status.code == NOT_FOUND:
+        if status_code(exc) == NOT_FOUND:
             return None
         raise
 
@@ -81,14 +81,13 @@ def is_rule_fault(exc: BaseException) -> bool:
 async def retry_rule_faults(call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, tried again (a few times, briefly) while the API server's rule evaluation
     fails; any other error, or the last fault, is raised."""
-    for attempt in range(1, RULE_FAULT_ATTEMPTS + 1):
-        try:
-            return await call()
-        except ApiError as exc:
-            if attempt == RULE_FAULT_ATTEMPTS or not is_rule_fault(exc):
-                raise
-        await asyncio.sleep(_RULE_FAULT_PAUSE * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_rule_fault),
+        stop=stop_after_attempt(RULE_FAULT_ATTEMPTS),
+        wait=wait_incrementing(start=_RULE_FAULT_PAUSE, increment=_RULE_FAULT_PAUSE),
+        reraise=True,
+    )
+    return await retrying(call)
 
 
 def is_temporary(exc: BaseException) -> bool:

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from berth_operator import rbac
 from berth_operator.app import LIVENESS_PATH
-from berth_operator.config import OperatorSettings
+from berth_operator.config import ENV_PREFIX, OperatorSettings
 
 from tests.charts.support import CHART_DIR, NAMESPACE, RELEASE, Chart, container
-from tests.charts.test_service import setting_exists
+from tests.support import setting_path
 
 CI = CHART_DIR / "ci"
 RBAC_KINDS = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
@@ -85,8 +85,7 @@ def test_the_operator_runs_alone_with_the_settings_it_reads(chart: Chart) -> Non
     unknown = [
         name
         for name in env
-        if name != "POD_NAMESPACE"
-        and not setting_exists(name, OperatorSettings, "BERTH_OPERATOR__")
+        if name != "POD_NAMESPACE" and setting_path(name, OperatorSettings, ENV_PREFIX) is None
     ]
     assert unknown == []
 

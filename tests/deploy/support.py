@@ -17,9 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 
-from service.core.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
 from tests.support import REPOSITORY, require_tool
 
 DOCKERFILE = REPOSITORY / "Dockerfile"
@@ -284,28 +282,3 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(environment, list):
         return dict(str(item).split("=", 1) for item in environment)
     return {str(key): str(value) for key, value in environment.items()}
-
-
-# Settings --------------------------------------------------------------------------------
-
-
-def setting_for(name: str) -> tuple[str, ...] | None:
-    """The settings field an environment variable sets (BERTH_HTTP__HOST -> ("http",
-    "host")), or None: the settings ignore unknown BERTH_* names, so a typo is silent."""
-    if not name.startswith(ENV_PREFIX):
-        return None
-    path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER))
-    model: type[BaseModel] = Settings
-    for depth, part in enumerate(path):
-        info = model.model_fields.get(part)
-        if info is None:
-            return None
-        annotation = info.annotation
-        is_group = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if depth == len(path) - 1:
-            return path if not is_group else None
-        if not is_group:
-            return None
-        assert isinstance(annotation, type)
-        model = annotation
-    return None

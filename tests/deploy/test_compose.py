@@ -20,8 +20,8 @@ import yaml
 
 from service.core.config import HttpSettings, safe_url
 from service.main import READY_PATH
-from tests.deploy.support import COMPOSE_FILE, compose, dockerfile, environment_of, setting_for
-from tests.support import REPOSITORY, process_env, require_tool
+from tests.deploy.support import COMPOSE_FILE, compose, dockerfile, environment_of
+from tests.support import REPOSITORY, process_env, require_tool, setting_path
 
 MIGRATE_COMMAND = ["service", "migrate"]
 BACKENDS = ("postgres", "redis", "mongodb")
@@ -232,7 +232,7 @@ def test_every_berth_variable_names_a_real_setting(name: str) -> None:
     berth = [key for key in env if key.startswith("BERTH_")]
     assert berth, f"{name}: no BERTH_* settings"
     for key in berth:
-        assert setting_for(key), f"{name}: {key} is no setting"
+        assert setting_path(key), f"{name}: {key} is no setting"
 
 
 def test_mongodb_is_not_wired_into_the_app_yet() -> None:

@@ -31,10 +31,9 @@ from tests.deploy.support import (
     is_excluded,
     parse_dockerfile,
     read_dockerignore,
-    setting_for,
     tracked_files,
 )
-from tests.support import REPOSITORY, process_env, require_tool
+from tests.support import REPOSITORY, process_env, require_tool, setting_path
 
 ENTRYPOINT = ["python", "-m"]
 SERVICE = ["service", "serve"]
@@ -336,7 +335,7 @@ def test_the_service_listens_beyond_loopback_on_the_exposed_port(tmp_path: Path)
     berth = {name: value for name, value in env.items() if name.startswith("BERTH_")}
     assert berth.get("BERTH_HTTP__HOST") == "0.0.0.0"
     for name in berth:
-        assert setting_for(name), f"{name}: no such setting (the service ignores it)"
+        assert setting_path(name), f"{name}: no such setting (the service ignores it)"
     result = run_python("-m", "service", "check-config", "--show", cwd=tmp_path, **berth)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)

@@ -87,7 +87,11 @@ async def retry_rule_faults(call: Callable[[], Awaitable[T]]) -> T:
         wait=wait_incrementing(start=_RULE_FAULT_PAUSE, increment=_RULE_FAULT_PAUSE),
         reraise=True,
     )
-    return await retrying(call)
+
+    async def attempt() -> T:  # a coroutine function: tenacity awaits it (not a lambda's result)
+        return await call()
+
+    return await retrying(attempt)
 
 
 def is_temporary(exc: BaseException) -> bool:

@@ -73,3 +73,11 @@ def test_only_the_servers_own_failure_is_a_rule_fault() -> None:
     assert not is_temporary(invalid(REJECTION))
     conflict = ApiError(status=Status(code=409, reason="Conflict", message=RULE_FAULT))
     assert not is_rule_fault(conflict)
+
+
+async def test_a_plain_callable_returning_an_awaitable_is_awaited_each_time() -> None:
+    """Callers pass `lambda: client.patch(...)`: each attempt must await a fresh call."""
+    call, calls = scripted(invalid(RULE_FAULT))
+
+    assert await retry_rule_faults(lambda: call()) == "done"
+    assert len(calls) == 2

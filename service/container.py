@@ -86,7 +86,7 @@ def build_container(
     """Every long-lived object of the app, wired; `hasher` replaces the configured Argon2
     hasher (tests count its calls)."""
     metrics = Metrics(version=settings.version, commit=settings.commit)
-    store = create_store(settings.redis)
+    store = create_store(settings.redis, errors=metrics.redis_errors)
     core = Core(
         settings=settings,
         store=store,
@@ -110,10 +110,11 @@ def build_container(
             store=store,
             control_plane=control_plane.sessions,
             tenants=tenancy.registry,
+            metrics=metrics,
             hasher=hasher,
         ),
-        articles=build_articles(settings, store),
-        readiness=build_probe(settings, control_plane, store),
+        articles=build_articles(settings, store, metrics),
+        readiness=build_probe(settings, control_plane, store, ready=metrics.dependency_ready),
     )
 
 

@@ -94,12 +94,15 @@ def _lifespan(
             version=settings.version,
             store=container.core.store.backend,
         )
-        log_flusher = asyncio.create_task(access_log.flush_periodically())
+        background = [asyncio.create_task(access_log.flush_periodically())]
+        if settings.observability.metrics_enabled:
+            background.append(asyncio.create_task(container.core.metrics.watch_event_loop()))
         try:
             yield
         finally:
-            log_flusher.cancel()
-            await asyncio.gather(log_flusher, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await container.close()
             mark_process_dead()
             log.info("shutdown_complete")

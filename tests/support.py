@@ -538,3 +538,11 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             pytest.fail("condition not met in time", pytrace=False)
         await asyncio.sleep(0.01)
+
+
+def metric_value(app: Any, name: str, **labels: str) -> float:
+    """A sample of the app's own registry, as a scrape would read it (0 when absent)."""
+    from service.container import container_of
+
+    value = container_of(app).core.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value

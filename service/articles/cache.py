@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.core.metrics import CacheLookups
 from service.core.store import KeyValueStore
+
+ARTICLE_CACHE = "article"  # its `cache` label on berth_cache_lookups_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,17 +27,22 @@ def _key(tenant_slug: str, slug: str) -> str:
 class ArticleCache:
     """One per app; `enabled=False` makes every read a miss and every write a no-op."""
 
-    def __init__(self, store: KeyValueStore, ttl_seconds: int, *, enabled: bool) -> None:
+    def __init__(
+        self, store: KeyValueStore, ttl_seconds: int, *, enabled: bool, lookups: CacheLookups
+    ) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.enabled = enabled
+        self.lookups = lookups
 
     async def get(self, tenant_slug: str, slug: str) -> RenderedArticle | None:
         if not self.enabled:
             return None
         cached = await self.store.get(_key(tenant_slug, slug))
         if cached is None:
+            self.lookups.miss.inc()
             return None
+        self.lookups.hit.inc()
         etag, _, body = cached.partition(b"\n")
         return RenderedArticle(slug=slug, etag=etag.decode(), body=body)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from service.articles.cache import ArticleCache, RenderedArticle
+from service.articles.metrics import ArticleMetrics, ArticleOperation
 from service.articles.models import Article
 from service.articles.repository import ArticleRecord, ArticleRepository, slug_taken_message
 from service.articles.schemas import (
@@ -79,9 +80,10 @@ def _distinct(names: Iterable[str]) -> list[str]:
 
 
 class ArticleService:
-    def __init__(self, cache: ArticleCache, cursors: CursorSigner) -> None:
+    def __init__(self, cache: ArticleCache, cursors: CursorSigner, metrics: ArticleMetrics) -> None:
         self.cache = cache
         self.cursors = cursors
+        self.metrics = metrics
 
     async def get(self, scope: TenantScope, slug: str) -> RenderedArticle:
         """The article as sent, from the cache when it is there."""
@@ -126,6 +128,7 @@ class ArticleService:
         )
         article.tags = await repository.tags_named(_distinct(data.tags))
         await repository.add(article)
+        after_commit(scope.session, self.metrics.committed(ArticleOperation.CREATE))
         return render(article)
 
     async def update(
@@ -147,6 +150,7 @@ class ArticleService:
         article.version += 1
         await repository.save(article)
         self._forget_after_commit(scope, slug, new_slug)
+        after_commit(scope.session, self.metrics.committed(ArticleOperation.UPDATE))
         return render(article)
 
     async def delete(
@@ -156,6 +160,7 @@ class ArticleService:
         article = await self._writable(repository, actor, slug, if_match)
         await repository.remove(article)
         self._forget_after_commit(scope, slug)
+        after_commit(scope.session, self.metrics.committed(ArticleOperation.DELETE))
 
     async def _writable(
         self, repository: ArticleRepository, actor: Actor, slug: str, if_match: str | None

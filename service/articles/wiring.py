@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from service.articles.cache import ArticleCache
+from service.articles.cache import ARTICLE_CACHE, ArticleCache
+from service.articles.metrics import ArticleMetrics
 from service.articles.service import ArticleService
 from service.core.config import Settings
+from service.core.metrics import Metrics
 from service.core.pagination import CursorSigner
 from service.core.slots import AppSlot
 from service.core.store import KeyValueStore
@@ -12,12 +14,17 @@ from service.core.store import KeyValueStore
 ARTICLES_CURSOR_KIND = "articles"
 
 
-def build_articles(settings: Settings, store: KeyValueStore) -> ArticleService:
-    cache = ArticleCache(store, settings.cache.article_ttl_seconds, enabled=settings.cache.enabled)
+def build_articles(settings: Settings, store: KeyValueStore, metrics: Metrics) -> ArticleService:
+    cache = ArticleCache(
+        store,
+        settings.cache.article_ttl_seconds,
+        enabled=settings.cache.enabled,
+        lookups=metrics.cache_lookups_of(ARTICLE_CACHE),
+    )
     cursors = CursorSigner(
         settings.pagination.cursor_secret.get_secret_value().encode(), ARTICLES_CURSOR_KIND
     )
-    return ArticleService(cache, cursors)
+    return ArticleService(cache, cursors, ArticleMetrics(metrics.registry))
 
 
 ARTICLES: AppSlot[ArticleService] = AppSlot("articles")

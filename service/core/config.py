@@ -221,6 +221,9 @@ class ObservabilitySettings(LogSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     readiness_cache_seconds: float = Field(default=2.0, ge=0)
     readiness_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Tenants whose requests are counted under their own `tenant` label (every other tenant is
+    # "other"): a label per tenant would grow without bound, this list bounds it.
+    metrics_tenants: CommaList = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

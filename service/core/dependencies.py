@@ -101,6 +101,7 @@ async def enforce(request: Request, response: Response, rule: str, identity: str
         return
     decision = await limiter.hit(rule, identity)
     if not decision.allowed:
+        CORE.of(request).metrics.rate_limit_rejections.labels(rule=rule).inc()
         log.info("rate_limited", rule=rule)
         raise RateLimited(math.ceil(decision.retry_after_ms / 1000), headers=decision.headers())
     _tell_what_is_left(request, response, decision)

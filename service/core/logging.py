@@ -21,11 +21,40 @@ from structlog.types import EventDict, Processor, WrappedLogger
 
 from service.core.config import LogSettings
 
-# Field names: defined once, used by the middleware, the tests and the log shippers' docs.
+# Field names: defined once, used by the middleware and the tests; the log shippers'
+# pipelines (observability/alloy, observability/promtail) are checked against them.
+# On every line: when, how severe, what happened, who said it. `level`, `event` and, for
+# stdlib loggers, `logger` are the keys structlog itself writes (add_log_level, the
+# positional message, stdlib.add_logger_name): named here, not chosen.
+TIMESTAMP = "timestamp"
+LEVEL = "level"
+EVENT = "event"
+LOGGER = "logger"
+# Correlation: the request (every line written while it runs), its trace (when tracing is
+# on), its tenant (once the request's tenant is known).
 REQUEST_ID = "request_id"
 TRACE_ID = "trace_id"
 SPAN_ID = "span_id"
 TENANT = "tenant"
+# The access log line's own fields (service/core/middleware.py, AccessLogMiddleware).
+METHOD = "method"
+ROUTE = "route"
+PATH = "path"
+STATUS = "status"
+DURATION_MS = "duration_ms"
+RESPONSE_BYTES = "response_bytes"
+CLIENT = "client"
+
+LINE_FIELDS = (TIMESTAMP, LEVEL, EVENT, LOGGER)
+ACCESS_LOG_FIELDS = (METHOD, ROUTE, PATH, STATUS, DURATION_MS, RESPONSE_BYTES, CLIENT)
+# What a log store may index, by how many values a field takes. A Loki label makes a stream
+# per distinct value: only a field with a handful of values may be one (`level`). The ids and
+# the tenant are what a query looks lines up by, too many values for labels: Loki's
+# structured metadata, indexed per line without making streams. The rest (route, status,
+# path, client, ...) stays in the line, where a query's `| json` reads it.
+LOW_CARDINALITY_FIELDS = (LEVEL,)
+STRUCTURED_METADATA_FIELDS = (REQUEST_ID, TRACE_ID, SPAN_ID, TENANT)
+LOG_FIELDS = (*LINE_FIELDS, *STRUCTURED_METADATA_FIELDS, *ACCESS_LOG_FIELDS)
 
 REDACTED = "[redacted]"
 _LOGGER_NAME_KEY = "logger_name"
@@ -88,7 +117,7 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 def _name_logger(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     name = event_dict.pop(_LOGGER_NAME_KEY, None)
     if name is not None:
-        event_dict["logger"] = name
+        event_dict[LOGGER] = name
     return event_dict
 
 
@@ -128,7 +157,7 @@ class IsoUtcTimestamper:
     datetime for every line, which was the dearest step of the access log.
     """
 
-    def __init__(self, key: str = "timestamp") -> None:
+    def __init__(self, key: str = TIMESTAMP) -> None:
         self.key = key
         # (second, "YYYY-MM-DDTHH:MM:SS") as one tuple: threads read it atomically.
         self._second: tuple[int, str] = (-1, "")
@@ -151,7 +180,7 @@ def _shared_processors(*, with_trace: bool) -> list[Processor]:
         _name_logger,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        IsoUtcTimestamper(key="timestamp"),
+        IsoUtcTimestamper(key=TIMESTAMP),
     ]
     if with_trace:
         processors.append(add_trace_context)
@@ -259,8 +288,8 @@ class AccessLog:
         if stream is None:
             self._fallback.info(ACCESS_EVENT, **fields)
             return
-        fields["event"] = ACCESS_EVENT
-        fields["logger"] = ACCESS_LOGGER
+        fields[EVENT] = ACCESS_EVENT
+        fields[LOGGER] = ACCESS_LOGGER
         for processor in self._processors:
             fields = processor(None, "info", fields)  # type: ignore[assignment]  # dict in, dict out
         # No flush per line (a write system call per request): `flush_periodically` in the

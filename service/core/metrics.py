@@ -12,8 +12,11 @@ prometheus_client's multiprocess mode: values live in shared files and `/metrics
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from http import HTTPStatus
 from timeit import default_timer
 from typing import Any
@@ -24,7 +27,9 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     Metric,
+    ProcessCollector,
     generate_latest,
     multiprocess,
     start_http_server,
@@ -39,6 +44,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.middleware import route_template
+from service.core.ratelimit import RULES
+from service.core.store import RedisErrorKind
 
 # Names as scraped (see the rule above).
 HTTP_REQUEST_DURATION = "http_request_duration_seconds"
@@ -49,6 +56,15 @@ DB_POOL_OVERFLOW = "berth_db_pool_overflow"
 BUILD_INFO = "berth_build_info"
 # prometheus_client adds `_total` to counters; this is the name as scraped.
 RATE_LIMIT_FALLBACKS = "berth_rate_limit_fallbacks_total"
+RATE_LIMIT_REJECTIONS = "berth_rate_limit_rejections_total"
+CACHE_LOOKUPS = "berth_cache_lookups_total"
+REDIS_ERRORS = "berth_redis_errors_total"
+DB_ERRORS = "berth_db_errors_total"
+EVENT_LOOP_LAG = "berth_event_loop_lag_seconds"
+DEPENDENCY_READY = "berth_dependency_ready"
+# prometheus_client's process collector (Linux /proc): what the dashboards chart per pod.
+PROCESS_CPU = "process_cpu_seconds_total"
+PROCESS_RESIDENT_MEMORY = "process_resident_memory_bytes"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Fine enough below 100 ms for a per-route p99 of a fast service, coarse above a second.
@@ -56,6 +72,33 @@ LATENCY_BUCKETS: Sequence[float] = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075,
     0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+# How late the event loop wakes a sleeper: a blocked loop shows here before it shows in p99.
+EVENT_LOOP_LAG_BUCKETS: Sequence[float] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+# How often the lag probe wakes: cheap (two wake-ups a second), fine enough for a 5m rate.
+EVENT_LOOP_PROBE_SECONDS = 0.5
+
+
+class CacheResult(StrEnum):
+    HIT = "hit"
+    MISS = "miss"
+
+
+class DbErrorKind(StrEnum):
+    CONNECTION = "connection"  # the server refused, dropped or is not there: a 503
+    POOL_TIMEOUT = "pool_timeout"  # no pooled connection came free in time: a 503
+    STATEMENT = "statement"  # the server refused a statement (not a conflict): a 500
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookups:
+    """One cache's children of berth_cache_lookups_total."""
+
+    hit: Counter
+    miss: Counter
 
 
 def is_multiprocess() -> bool:
@@ -71,6 +114,9 @@ class Metrics:
         # Registered first, so that every scrape (the /metrics route or the metrics port)
         # refreshes the pool gauges before they are read.
         self.registry.register(_Refresh(self._refreshers))
+        # This process's CPU and memory. With several workers the scrape reads the shared
+        # files instead, which hold no process metrics: the pod's cAdvisor figures remain.
+        ProcessCollector(registry=self.registry)
         self.inprogress = Gauge(
             HTTP_REQUESTS_INPROGRESS,
             "HTTP requests being served.",
@@ -108,6 +154,67 @@ class Metrics:
             ("rule",),
             registry=self.registry,
         )
+        self.rate_limit_rejections = Counter(
+            RATE_LIMIT_REJECTIONS.removesuffix("_total"),
+            "Requests refused with 429 by a rate limit, by rule.",
+            ("rule",),
+            registry=self.registry,
+        )
+        self.cache_lookups = Counter(
+            CACHE_LOOKUPS.removesuffix("_total"),
+            "Key-value cache reads, by cache (article, auth_state) and result (hit, miss).",
+            ("cache", "result"),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            REDIS_ERRORS.removesuffix("_total"),
+            "Redis calls that failed, by kind (timeout, connection, response).",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.db_errors = Counter(
+            DB_ERRORS.removesuffix("_total"),
+            "Database errors that reached a request, by kind (connection, pool_timeout, "
+            "statement).",
+            ("kind",),
+            registry=self.registry,
+        )
+        # Every series exists from the start, at 0: a rate over it is 0, not "no data".
+        for rule in RULES:
+            self.rate_limit_rejections.labels(rule=rule)
+            self.rate_limit_fallbacks.labels(rule=rule)
+        for kinds, counter in ((RedisErrorKind, self.redis_errors), (DbErrorKind, self.db_errors)):
+            for kind in kinds:
+                counter.labels(kind=kind.value)
+        self.event_loop_lag = Histogram(
+            EVENT_LOOP_LAG,
+            "How much later than asked the event loop woke a timer, in seconds.",
+            buckets=EVENT_LOOP_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.dependency_ready = Gauge(
+            DEPENDENCY_READY,
+            "1 when the dependency's last readiness check passed, 0 when it failed.",
+            ("dependency",),
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+
+    def cache_lookups_of(self, cache: str) -> CacheLookups:
+        """The hit and miss counters of one cache, resolved once (no label lookup per read)."""
+        return CacheLookups(
+            hit=self.cache_lookups.labels(cache=cache, result=CacheResult.HIT.value),
+            miss=self.cache_lookups.labels(cache=cache, result=CacheResult.MISS.value),
+        )
+
+    async def watch_event_loop(self, interval_seconds: float = EVENT_LOOP_PROBE_SECONDS) -> None:
+        """Observe how late each wake-up comes; runs until cancelled (the lifespan's task)."""
+        loop = asyncio.get_running_loop()
+        observe = self.event_loop_lag.observe
+        while True:
+            asked_at = loop.time()
+            await asyncio.sleep(interval_seconds)
+            observe(max(0.0, loop.time() - asked_at - interval_seconds))
 
     def track_pool(self, engine: AsyncEngine, pool_name: str) -> None:
         """Keep pool gauges current from pool events (so multiprocess mode sees them too).

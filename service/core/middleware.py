@@ -31,7 +31,18 @@ from service.core.http import (
     is_json_media_type,
     request_id_of,
 )
-from service.core.logging import REQUEST_ID, access_log, get_logger
+from service.core.logging import (
+    CLIENT,
+    DURATION_MS,
+    METHOD,
+    PATH,
+    REQUEST_ID,
+    RESPONSE_BYTES,
+    ROUTE,
+    STATUS,
+    access_log,
+    get_logger,
+)
 from service.core.text import (
     UNSTORABLE_MESSAGE,
     UNSTORABLE_TYPE,
@@ -212,13 +223,13 @@ class AccessLogMiddleware:
             client = scope.get("client")
             access_log(
                 {
-                    "method": scope["method"],
-                    "route": route_template(scope),
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "response_bytes": response_bytes,
-                    "client": client[0] if client else None,
+                    METHOD: scope["method"],
+                    ROUTE: route_template(scope),
+                    PATH: scope["path"],
+                    STATUS: status,
+                    DURATION_MS: round((time.perf_counter() - started) * 1000, 3),
+                    RESPONSE_BYTES: response_bytes,
+                    CLIENT: client[0] if client else None,
                 }
             )
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Protocol, TypeVar
 
 from cachetools import TLRUCache
+from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.core.config import RedisSettings
 from service.core.errors import DomainError
@@ -51,6 +55,22 @@ class StoreUnavailable(DomainError):
     message = "A backing service is unavailable; retry shortly"
 
 
+class RedisErrorKind(StrEnum):
+    """The `kind` label of berth_redis_errors_total."""
+
+    TIMEOUT = "timeout"  # no answer within the store's bound
+    CONNECTION = "connection"  # refused, reset, unreachable
+    RESPONSE = "response"  # Redis answered with an error (OOM, READONLY, a script error)
+
+
+def redis_error_kind(exc: BaseException) -> RedisErrorKind:
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return RedisErrorKind.TIMEOUT
+    if isinstance(exc, OSError | RedisConnectionError):
+        return RedisErrorKind.CONNECTION
+    return RedisErrorKind.RESPONSE
+
+
 class RedisStore:
     """Every call is bounded by `timeout_seconds` and fails as StoreUnavailable.
 
@@ -61,9 +81,12 @@ class RedisStore:
 
     backend = "redis"
 
-    def __init__(self, client: Redis, timeout_seconds: float = 1.0) -> None:
+    def __init__(
+        self, client: Redis, timeout_seconds: float = 1.0, *, errors: Counter | None = None
+    ) -> None:
         self.client = client
         self.timeout_seconds = timeout_seconds
+        self.errors = errors  # berth_redis_errors_total, by kind
 
     async def bounded(self, operation: Awaitable[T]) -> T:
         """Await a Redis operation within the store's timeout (also for scripts)."""
@@ -71,6 +94,8 @@ class RedisStore:
             async with asyncio.timeout(self.timeout_seconds):
                 return await operation
         except (TimeoutError, RedisError, OSError) as exc:
+            if self.errors is not None:
+                self.errors.labels(kind=redis_error_kind(exc).value).inc()
             raise StoreUnavailable() from exc
 
     async def get(self, key: str) -> bytes | None:
@@ -171,7 +196,8 @@ def create_redis_client(settings: RedisSettings) -> Redis:
     )
 
 
-def create_store(settings: RedisSettings) -> KeyValueStore:
+def create_store(settings: RedisSettings, *, errors: Counter | None = None) -> KeyValueStore:
+    """`errors` counts failed Redis calls by kind (berth_redis_errors_total)."""
     if settings.url is None:
         return MemoryStore(settings.memory_max_entries)
-    return RedisStore(create_redis_client(settings), settings.socket_timeout_seconds)
+    return RedisStore(create_redis_client(settings), settings.socket_timeout_seconds, errors=errors)

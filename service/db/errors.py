@@ -15,9 +15,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
+from service.core.dependencies import CORE
 from service.core.error_handlers import error_response
 from service.core.errors import Conflict, DomainError
 from service.core.logging import get_logger
+from service.core.metrics import DbErrorKind
 
 log = get_logger(__name__)
 
@@ -135,8 +137,31 @@ def _says_unavailable(error: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
+def error_kind(exc: BaseException) -> DbErrorKind | None:
+    """The `kind` label of berth_db_errors_total for `exc`; None when not the database's."""
+    if is_unavailable(exc):
+        return (
+            DbErrorKind.POOL_TIMEOUT
+            if _caused_by(exc, PoolTimeoutError)
+            else DbErrorKind.CONNECTION
+        )
+    return DbErrorKind.STATEMENT if isinstance(exc, DBAPIError) else None
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _handle_database_error(request: Request, exc: Exception) -> Response:
-    if not is_unavailable(exc):
+    kind = error_kind(exc)
+    if kind is not None:
+        CORE.of(request).metrics.db_errors.labels(kind=kind.value).inc()
+    if kind not in (DbErrorKind.CONNECTION, DbErrorKind.POOL_TIMEOUT):
         raise exc  # not an outage: the unexpected-error path answers (500) and logs it
     log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
     unavailable = DatabaseUnavailable()

@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import Gauge
+
 from service.core.clock import utc_timestamp
 from service.core.config import Settings
 from service.core.slots import AppSlot
@@ -52,10 +54,19 @@ def _overall(reports: list[CheckReport]) -> ReadinessStatus:
 
 
 class ReadinessProbe:
-    def __init__(self, checks: list[Check], *, timeout_seconds: float, cache_seconds: float):
+    def __init__(
+        self,
+        checks: list[Check],
+        *,
+        timeout_seconds: float,
+        cache_seconds: float,
+        ready: Gauge | None = None,
+    ) -> None:
+        """`ready` (berth_dependency_ready) is set per check from each round's result."""
         self.checks = checks
         self.timeout_seconds = timeout_seconds
         self.cache_seconds = cache_seconds
+        self.ready = ready
         self._lock = asyncio.Lock()
         self._cached: ReadyResponse | None = None
         self._cached_at = float("-inf")
@@ -83,10 +94,19 @@ class ReadinessProbe:
                 checks=reports,
             )
             self._cached_at = time.monotonic()
+            self._publish(reports)
             return self._cached
 
+    def _publish(self, reports: list[CheckReport]) -> None:
+        if self.ready is None:
+            return
+        for report in reports:
+            self.ready.labels(dependency=report.name).set(1 if report.status == "ok" else 0)
 
-def build_probe(settings: Settings, database: Database, store: KeyValueStore) -> ReadinessProbe:
+
+def build_probe(
+    settings: Settings, database: Database, store: KeyValueStore, *, ready: Gauge | None = None
+) -> ReadinessProbe:
     """Database always required; Redis when configured (optional if `redis.required` is off)."""
     checks = [Check("database", True, database.ping)]
     if settings.redis.url is not None:
@@ -95,6 +115,7 @@ def build_probe(settings: Settings, database: Database, store: KeyValueStore) ->
         checks,
         timeout_seconds=settings.observability.readiness_timeout_seconds,
         cache_seconds=settings.observability.readiness_cache_seconds,
+        ready=ready,
     )
 
 

@@ -20,6 +20,7 @@ from service.core.errors import (
     FORM_BODY_ERRORS,
     JSON_BODY_ERRORS,
     RATE_LIMITED_ERRORS,
+    RateLimited,
     error_responses,
 )
 from service.db.dependencies import DbSession
@@ -58,9 +59,15 @@ LOGIN_ERRORS = (
 )
 
 
-async def limit_login_account(request: Request, response: Response, email: str) -> None:
+async def limit_login_account(
+    request: Request, response: Response, auth: AuthService, email: str
+) -> None:
     """Per account, counted once the body is valid (the per-IP limit ran before it)."""
-    await enforce(request, response, "login_per_account", email_hash(email))
+    try:
+        await enforce(request, response, "login_per_account", email_hash(email))
+    except RateLimited:
+        auth.locked_out()
+        raise
 
 
 def _token_response(pair: TokenPair) -> TokenResponse:
@@ -82,7 +89,7 @@ async def _log_in(
     tenant: str | None,
 ) -> TokenResponse:
     """Both login routes: the per-account limit once the body is valid, then the login."""
-    await limit_login_account(request, response, email)
+    await limit_login_account(request, response, auth, email)
     return _token_response(await auth.login(session, email, password, tenant))
 
 

@@ -24,6 +24,7 @@ from service.core.tenancy import TenantDirectory, TenantSuspended
 from service.db.engine import SessionFactories, after_commit, session_scope
 from service.identity.auth_state import AuthState, AuthStateCache
 from service.identity.emails import email_hash
+from service.identity.metrics import IdentityMetrics, LoginOutcome, RefreshOutcome
 from service.identity.models import User
 from service.identity.passwords import Passwords
 from service.identity.principal import Principal, Role
@@ -99,8 +100,10 @@ class AuthService:
         store: KeyValueStore,
         control_plane: SessionFactories,
         tenants: TenantDirectory,
+        metrics: IdentityMetrics,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.tokens = tokens
         self.passwords = passwords
         self.auth_states = auth_states
@@ -160,14 +163,22 @@ class AuthService:
         # Verify even when there is no such user: the same Argon2 work, no timing oracle.
         verification = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not verification.valid or not user.is_active:
+            self.metrics.login(LoginOutcome.BAD_PASSWORD)
             log.info("login_failed", account=email_hash(email))
             raise Unauthorized(BAD_CREDENTIALS, headers=BEARER)
-        self._ensure_tenant_not_suspended(user)
+        if self._is_tenant_suspended(user):
+            self.metrics.login(LoginOutcome.SUSPENDED_TENANT)
+            raise TenantSuspended()
         if verification.new_hash is not None:
             user.password_hash = verification.new_hash
             log.info("password_rehashed", user_id=str(user.id))
+        self.metrics.login(LoginOutcome.SUCCESS)
         log.info("login_succeeded", user_id=str(user.id))
         return await self._issue(session, user, family_id=uuid.uuid4())
+
+    def locked_out(self) -> None:
+        """Count a login the per-account limit refused (the router enforces the limit)."""
+        self.metrics.login(LoginOutcome.LOCKED_OUT)
 
     @staticmethod
     async def _account(users: UserRepository, email: str, tenant: str | None) -> User | None:
@@ -184,23 +195,29 @@ class AuthService:
         token_hash = hash_refresh_token(token)
         claimed = await RefreshTokenRepository(session).claim(token_hash, now)
         if claimed is None:
+            self.metrics.refresh(RefreshOutcome.REJECTED)
             await self._refuse_unusable(session, token_hash)
             raise Unauthorized(BAD_REFRESH_TOKEN, headers=BEARER)
         user = await UserRepository(session).get(claimed.user_id)
         if user is None or not user.is_active:
+            self.metrics.refresh(RefreshOutcome.REJECTED)
             raise Unauthorized(BAD_REFRESH_TOKEN, headers=BEARER)
-        self._ensure_tenant_not_suspended(user)
+        if self._is_tenant_suspended(user):
+            self.metrics.refresh(RefreshOutcome.SUSPENDED_TENANT)
+            raise TenantSuspended()
+        self.metrics.refresh(RefreshOutcome.SUCCESS)
         return await self._issue(session, user, family_id=claimed.family_id)
 
-    def _ensure_tenant_not_suspended(self, user: User) -> None:
+    def _is_tenant_suspended(self, user: User) -> bool:
         """No new tokens for the users of a suspended tenant, told why (they have proved who
         they are). Other states are left to the tenant routes, which answer 404 for them."""
         if user.tenant_slug is None:
-            return
+            return False
         tenant = self.tenants.get(user.tenant_slug)
-        if tenant is not None and tenant.is_suspended:
-            log.info("tokens_refused_tenant_suspended", user_id=str(user.id))
-            raise TenantSuspended()
+        if tenant is None or not tenant.is_suspended:
+            return False
+        log.info("tokens_refused_tenant_suspended", user_id=str(user.id))
+        return True
 
     async def _refuse_unusable(self, session: AsyncSession, token_hash: str) -> None:
         """A used token that comes back was copied: revoke its family, and commit that now,
@@ -212,6 +229,7 @@ class AuthService:
         revoked = await refresh_tokens.revoke_family(record.family_id, utc_now())
         await session.commit()
         await self._end_access_tokens_of(record.family_id)
+        self.metrics.refresh_token_reuse.inc()
         log.warning(
             "refresh_token_reuse_detected",
             user_id=str(record.user_id),

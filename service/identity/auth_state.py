@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import orjson
 
+from service.core.metrics import CacheLookups
 from service.core.store import KeyValueStore
 from service.identity.principal import Role
 
 AUTH_STATE_PREFIX = "berth:auth:user:"
+AUTH_STATE_CACHE = "auth_state"  # its `cache` label on berth_cache_lookups_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +64,10 @@ class CachedLookup:
 class AuthStateCache:
     """`ttl_seconds == 0` turns caching off (every request reads the row)."""
 
-    def __init__(self, store: KeyValueStore, ttl_seconds: int) -> None:
+    def __init__(self, store: KeyValueStore, ttl_seconds: int, lookups: CacheLookups) -> None:
         self.store = store
         self.ttl_seconds = ttl_seconds
+        self.lookups = lookups
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +81,7 @@ class AuthStateCache:
             return CachedLookup(other_key_set=any(v is not None for v in others), state=None)
         *others, raw = await self.store.get_many(*other_keys, auth_state_key(user_id))
         state = AuthState.from_bytes(raw) if raw is not None else None
+        (self.lookups.miss if state is None else self.lookups.hit).inc()
         return CachedLookup(other_key_set=any(v is not None for v in others), state=state)
 
     async def put(self, user_id: uuid.UUID, state: AuthState) -> None:

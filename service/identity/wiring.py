@@ -11,13 +11,15 @@ from dataclasses import dataclass
 import argon2
 
 from service.core.config import Settings
+from service.core.metrics import Metrics
 from service.core.pagination import CursorSigner
 from service.core.slots import AppSlot
 from service.core.store import KeyValueStore
 from service.core.tenancy import TenantDirectory
 from service.db.engine import SessionFactories
 from service.identity.auth_service import AuthService
-from service.identity.auth_state import AuthStateCache
+from service.identity.auth_state import AUTH_STATE_CACHE, AuthStateCache
+from service.identity.metrics import IdentityMetrics
 from service.identity.passwords import Passwords, build_hasher
 from service.identity.tokens import TokenCodec
 from service.identity.users_service import UserService
@@ -40,6 +42,7 @@ def build_identity(
     store: KeyValueStore,
     control_plane: SessionFactories,
     tenants: TenantDirectory,
+    metrics: Metrics,
     hasher: argon2.PasswordHasher | None = None,
 ) -> Identity:
     """`hasher` replaces the one the settings describe (tests count its calls)."""
@@ -48,7 +51,9 @@ def build_identity(
     passwords = Passwords(
         hasher or build_hasher(auth_settings), auth_settings.argon2_max_concurrent
     )
-    auth_states = AuthStateCache(store, auth_settings.state_cache_seconds)
+    auth_states = AuthStateCache(
+        store, auth_settings.state_cache_seconds, metrics.cache_lookups_of(AUTH_STATE_CACHE)
+    )
     cursors = CursorSigner(
         settings.pagination.cursor_secret.get_secret_value().encode(), USERS_CURSOR_KIND
     )
@@ -64,6 +69,7 @@ def build_identity(
             store=store,
             control_plane=control_plane,
             tenants=tenants,
+            metrics=IdentityMetrics(metrics.registry),
         ),
         users=UserService(passwords, auth_states, tenants, cursors),
     )

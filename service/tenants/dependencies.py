@@ -76,6 +76,7 @@ def tenant_scope_for(
     ) -> AsyncIterator[TenantScope]:
         tenancy = TENANCY.of(request)
         tenant = _request_tenant(tenancy, claim, requested)
+        tenancy.metrics.count_request(tenant.slug)
         async with (
             tenancy.engines.lease(tenant) as sessions,
             session_scope(sessions.for_method(request.method)) as session,

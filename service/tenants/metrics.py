@@ -19,6 +19,9 @@ TENANT_CONNECTIONS_CHECKED_OUT = "berth_tenant_connections_checked_out"
 TENANT_ENGINE_EVICTIONS = "berth_tenant_engine_evictions_total"
 TENANT_REGISTRY_ENTRIES = "berth_tenant_registry_entries"
 TENANT_REGISTRY_INVALID = "berth_tenant_registry_invalid_entries"
+TENANT_REQUESTS = "berth_tenant_requests_total"
+# The `tenant` label of every tenant not named in `observability.metrics_tenants`.
+OTHER_TENANTS = "other"
 
 # Why an engine left the cache: the LRU needed room, it sat idle too long, or the registry
 # removed the tenant, stopped serving it or changed its database URL (password rotation).
@@ -26,7 +29,8 @@ EVICTION_REASONS = ("capacity", "idle", "registry")
 
 
 class TenantMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, labelled_tenants: Iterable[str] = ()) -> None:
+        """`labelled_tenants` get a `tenant` label of their own on the request counter."""
         self.engines_open = Gauge(
             TENANT_ENGINES_OPEN,
             "Tenant engines open (cached, or retired and waiting for their sessions to end).",
@@ -54,12 +58,23 @@ class TenantMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        requests = Counter(
+            TENANT_REQUESTS.removesuffix("_total"),
+            "Requests served in a tenant's scope, by tenant (those configured; else other).",
+            ("tenant",),
+            registry=registry,
+        )
+        self._other_requests = requests.labels(tenant=OTHER_TENANTS)
+        self._tenant_requests = {slug: requests.labels(tenant=slug) for slug in labelled_tenants}
         self.registry_invalid = Gauge(
             TENANT_REGISTRY_INVALID,
             "Registry files skipped as malformed (see the tenant_entry_skipped log event).",
             registry=registry,
             multiprocess_mode="livemax",
         )
+
+    def count_request(self, tenant_slug: str) -> None:
+        self._tenant_requests.get(tenant_slug, self._other_requests).inc()
 
     def observe_registry(self, entries: Iterable[TenantEntry], invalid: int) -> None:
         counts = Tally(entry.status for entry in entries)

@@ -21,6 +21,7 @@ class Tenancy:
     registry: TenantRegistry
     engines: TenantEngines
     poll_seconds: float
+    metrics: TenantMetrics
 
     async def start(self) -> None:
         """Read the registry once, then poll it in a background task that also drives the
@@ -36,11 +37,12 @@ class Tenancy:
 
 
 def build_tenancy(settings: Settings, metrics_registry: CollectorRegistry) -> Tenancy:
-    metrics = TenantMetrics(metrics_registry)
+    metrics = TenantMetrics(metrics_registry, settings.observability.metrics_tenants)
     return Tenancy(
         registry=TenantRegistry(settings.tenants.registry_dir, metrics),
         engines=TenantEngines(settings.tenants, settings.database, metrics=metrics),
         poll_seconds=settings.tenants.registry_poll_seconds,
+        metrics=metrics,
     )
 
 

@@ -26,7 +26,7 @@ from service.tenants.migrate import upgrade_tenant
 from service.tenants.registry import TenantRegistry, write_entry
 from service.tenants.schemas import TenantEntry, TenantStatus
 from tests.conftest import ClientFactory
-from tests.support import TcpRelay, relay
+from tests.support import TcpRelay, redis_url_with, relay
 
 MAX_BODY_BYTES = 1024
 SECRET_IN_CRASH = "hunter2-internal-detail"
@@ -90,6 +90,14 @@ async def pg_relay(pg_database: str) -> AsyncIterator[tuple[TcpRelay, str]]:
     async with relay(url.host or "127.0.0.1", url.port or 5432) as proxy:
         relayed = url.set(host="127.0.0.1", port=proxy.port)
         yield proxy, relayed.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def redis_relay(redis_server: str) -> AsyncIterator[tuple[TcpRelay, str]]:
+    """`(relay, url)`: the test Redis reached through a TcpRelay that can be cut."""
+    url = make_url(redis_server)
+    async with relay(url.host or "127.0.0.1", url.port or 6379) as proxy:
+        yield proxy, redis_url_with(redis_server, port=proxy.port)
 
 
 @pytest.fixture

@@ -23,13 +23,14 @@ from redis.asyncio import Redis
 
 from service.container import container_of
 from service.core.config import ConfigError, Settings
-from service.core.metrics import RATE_LIMIT_FALLBACKS
+from service.core.metrics import RATE_LIMIT_FALLBACKS, RATE_LIMIT_REJECTIONS, REDIS_ERRORS
 from service.core.ratelimit import (
     KEY_PREFIX,
     MemoryGcra,
     Rate,
     parse_rate,
 )
+from service.core.store import RedisErrorKind
 from service.identity.emails import email_hash
 from service.main import create_app
 from tests.conftest import IdentityAppFactory
@@ -41,6 +42,7 @@ from tests.support import (
     bearer,
     create_user,
     json_lines,
+    metric_value,
     redis_url_with,
     set_tenants,
 )
@@ -185,6 +187,7 @@ async def test_login_is_limited_per_account_from_any_ip(
     assert [a.status_code for a in answers] == [401, 401, 401]
     assert_limited(blocked, LOGIN, limit=3)
     assert other_account.status_code == 401
+    assert metric_value(app, RATE_LIMIT_REJECTIONS, rule="login_per_account") == 1
 
 
 async def test_login_is_limited_per_ip_across_accounts(
@@ -200,6 +203,8 @@ async def test_login_is_limited_per_ip_across_accounts(
     assert [a.status_code for a in answers] == [401, 401, 401]
     assert_limited(blocked, LOGIN, limit=3)
     assert elsewhere.status_code == 401
+    assert metric_value(app, RATE_LIMIT_REJECTIONS, rule="login_per_ip") == 1
+    assert metric_value(app, RATE_LIMIT_REJECTIONS, rule="login_per_account") == 0
 
 
 async def test_allowed_responses_say_how_much_is_left(
@@ -394,6 +399,8 @@ async def test_during_a_redis_outage_limits_hold_in_process_and_say_so(
     registry = container_of(app).core.metrics.registry
     fallbacks = registry.get_sample_value(RATE_LIMIT_FALLBACKS, {"rule": "login_per_ip"})
     assert fallbacks == 3
+    # Each fallback began with a Redis call that failed: counted by kind.
+    assert metric_value(app, REDIS_ERRORS, kind=RedisErrorKind.CONNECTION.value) >= 3
     events = [line.get("event") for line in json_lines(capsys.readouterr().out)]
     assert events.count("rate_limit_store_unavailable") == 1  # once per outage, not per request
 

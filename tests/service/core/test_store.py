@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from service.core.config import RedisSettings
+from service.core.metrics import REDIS_ERRORS, Metrics
 from service.core.store import KeyValueStore, MemoryStore, StoreUnavailable, create_store
 
 
@@ -130,6 +131,21 @@ async def test_a_redis_that_never_answers_fails_within_the_timeout_as_unavailabl
 
     assert 0.2 <= elapsed < 1.5
     assert raised.value.status_code == 503
+
+
+async def test_a_redis_that_never_answers_counts_as_a_timeout(silent_server: str) -> None:
+    metrics = Metrics(version="test", commit="test")
+    store = create_store(
+        RedisSettings(url=silent_server, socket_timeout_seconds=0.1), errors=metrics.redis_errors
+    )
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get("berth:test:silent")
+    finally:
+        await store.close()
+
+    value = metrics.registry.get_sample_value(REDIS_ERRORS, {"kind": "timeout"})
+    assert value == 1
 
 
 async def test_an_unreachable_redis_is_unavailable_not_a_crash(unused_tcp_port: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -13,14 +13,7 @@ from service.core.config import Settings
 from service.core.startup import StartupError
 from service.main import create_app
 from tests.conftest import ClientFactory
-from tests.support import TcpRelay, free_port, redis_url_with, relay
-
-
-@pytest.fixture
-async def redis_relay(redis_server: str) -> AsyncIterator[tuple[TcpRelay, str]]:
-    url = make_url(redis_server)
-    async with relay(url.host or "127.0.0.1", url.port or 6379) as proxy:
-        yield proxy, redis_url_with(redis_server, port=proxy.port)
+from tests.support import TcpRelay, free_port
 
 
 @pytest.fixture

@@ -3,31 +3,155 @@
 
 `python observability/grafana/generate.py` rewrites them; `--check` exits 1 when a
 committed dashboard differs (tests/observability runs it). Panels are declared once here, so
-every panel gets a unit, a description and the same variables.
+every panel gets a unit, a description and the same variables, and every row says which
+question its panels answer.
+
+Metric names and label values are imported from the modules that define them (the service's
+and the operator's `metrics.py`, their enums), never retyped; recorded names are looked up in
+the recording rules file, so a renamed metric or rule fails here instead of leaving a panel
+empty. The few series other programs export (Prometheus's `up`, kube-state-metrics) are named
+in EXTERNAL below; tests/observability/support.py lists them as known.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+# The metric modules are imported from the checkout (the editable install does this too).
+for _path in (REPOSITORY, REPOSITORY / "operator"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import yaml  # noqa: E402
+from berth_operator.metrics import (  # noqa: E402
+    DRIFT_REPAIRS,
+    LEASE_HELD,
+    RECONCILE_DURATION,
+    RECONCILES,
+    REGISTRY_WRITE_CONFLICTS,
+    TENANTS,
+    Handler,
+    Result,
+)
+from berth_operator.resource import Phase  # noqa: E402
+
+from service.articles.metrics import ARTICLE_WRITES, ArticleOperation  # noqa: E402
+from service.core.metrics import (  # noqa: E402
+    BUILD_INFO,
+    CACHE_LOOKUPS,
+    DB_ERRORS,
+    DB_POOL_CHECKED_OUT,
+    DB_POOL_OVERFLOW,
+    DB_POOL_SIZE,
+    DEPENDENCY_READY,
+    EVENT_LOOP_LAG,
+    HTTP_REQUEST_DURATION,
+    HTTP_REQUESTS_INPROGRESS,
+    PROCESS_CPU,
+    PROCESS_RESIDENT_MEMORY,
+    RATE_LIMIT_FALLBACKS,
+    RATE_LIMIT_REJECTIONS,
+    REDIS_ERRORS,
+    CacheResult,
+    DbErrorKind,
+)
+from service.core.ratelimit import RULES  # noqa: E402
+from service.core.store import RedisErrorKind  # noqa: E402
+from service.identity.metrics import (  # noqa: E402
+    LOGINS,
+    REFRESH_TOKEN_REUSE,
+    TOKEN_REFRESHES,
+    LoginOutcome,
+    RefreshOutcome,
+)
+from service.tenants.metrics import (  # noqa: E402
+    EVICTION_REASONS,
+    OTHER_TENANTS,
+    TENANT_CONNECTIONS_CHECKED_OUT,
+    TENANT_ENGINE_EVICTIONS,
+    TENANT_ENGINES_OPEN,
+    TENANT_REGISTRY_ENTRIES,
+    TENANT_REGISTRY_INVALID,
+    TENANT_REQUESTS,
+)
+
 DASHBOARDS = Path(__file__).resolve().parent / "dashboards"
+RECORDING_RULES = REPOSITORY / "observability" / "prometheus" / "rules" / "berth-recording.yaml"
 SCHEMA_VERSION = 41
+
+# The datasources, as observability/grafana/provisioning/datasources/berth.yaml provisions
+# them; each dashboard asks for its own through a datasource variable defaulting to these.
+PROMETHEUS_UID = "berth-prometheus"
+LOKI_UID = "berth-loki"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# The selector every service query carries: the dashboard's variables.
+LOKI = {"type": "loki", "uid": "${loki}"}
+
+# Series of other programs: Prometheus's own per-target `up`, and kube-state-metrics' pod
+# series (kube-prometheus-stack installs it), which carry the pod's namespace and pod labels.
+UP = "up"
+KUBE_RESTARTS = "kube_pod_container_status_restarts_total"
+KUBE_READY = "kube_pod_status_ready"
+EXTERNAL = {UP, KUBE_RESTARTS, KUBE_READY}
+
+# The chart's container names (charts/berth/templates/deployment.yaml and
+# operator/deployment.yaml): the scrape configs and the log pipeline label series and lines
+# with them, and the process and pod series of the two are told apart by them.
+API_CONTAINER = "api"
+OPERATOR_CONTAINER = "operator"
+
+# The selectors the queries carry: the dashboards' variables.
 SERVICE = 'namespace=~"$namespace", pod=~"$pod"'
 ROUTE = f'{SERVICE}, handler=~"$route"'
 RULE = 'namespace=~"$namespace", handler=~"$route"'  # recording rules keep no pod label
-HTTP_COUNT = "http_request_duration_seconds_count"
+API = f'{SERVICE}, container="{API_CONTAINER}"'
+OPERATOR = 'namespace=~"$namespace", pod=~"$pod"'
+OPERATOR_PROCESS = f'{OPERATOR}, container="{OPERATOR_CONTAINER}"'
+RATE = "[$__rate_interval]"
+
+HTTP_COUNT = f"{HTTP_REQUEST_DURATION}_count"
+HTTP_BUCKET = f"{HTTP_REQUEST_DURATION}_bucket"
+
+
+def recorded(name: str) -> str:
+    """`name` if the recording rules file records it (so a renamed rule fails here)."""
+    records = {
+        rule["record"]
+        for group in yaml.safe_load(RECORDING_RULES.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    if name not in records:
+        raise SystemExit(f"{RECORDING_RULES} records no {name}")
+    return name
+
+
+HTTP_RATE = recorded("berth:http_requests:rate5m")
+HTTP_ERROR_RATIO = recorded("berth:http_errors:ratio_rate5m")
+HTTP_QUANTILES = {
+    q: recorded(f"berth:http_request_duration_seconds:{q}_5m") for q in ("p50", "p95", "p99")
+}
+
+
+def listed(values: Any) -> str:
+    """An enum's (or a tuple's) values for a description: `a, b, c`."""
+    return ", ".join(str(value) for value in values)
+
+
+def regex(values: Any) -> str:
+    return "|".join(str(value) for value in values)
 
 
 @dataclass(frozen=True)
 class Query:
     expr: str
     legend: str
+    format: str = "time_series"
 
 
 @dataclass(frozen=True)
@@ -37,9 +161,51 @@ class Panel:
     unit: str
     queries: tuple[Query, ...]
     width: int = 12
+    kind: str = "timeseries"
+    stacked: bool = False
+    height: int = 8
+    datasource: dict[str, str] = field(default_factory=lambda: DATASOURCE)
 
 
-def variable(name: str, label: str, query: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Row:
+    """A Grafana row: its title is the question its panels answer."""
+
+    title: str
+    panels: tuple[Panel, ...]
+
+
+def quantiles(bucket: str, selector: str, by: str, legend: str) -> tuple[Query, ...]:
+    """p50, p95 and p99 from a histogram's buckets, summed by `le` and `by`."""
+    return tuple(
+        Query(
+            f"histogram_quantile({q}, sum by (le, {by}) (rate({bucket}{{{selector}}}{RATE})))",
+            f"p{round(q * 100)} {legend}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    )
+
+
+def rate_by(metric: str, by: str, selector: str) -> str:
+    return f"sum by ({by}) (rate({metric}{{{selector}}}{RATE}))"
+
+
+# -- variables ---------------------------------------------------------------------------
+
+
+def datasource_variable(name: str, label: str, kind: str, uid: str) -> dict[str, Any]:
+    """Which datasource of `kind` the panels use; the provisioned one by default (Grafana
+    falls back to the default datasource of that type where there is no such uid)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "datasource",
+        "query": kind,
+        "current": {"text": uid, "value": uid},
+    }
+
+
+def query_variable(name: str, label: str, query: str) -> dict[str, Any]:
     """A multi-value query variable with "All" (a regex `.*`) as its default."""
     return {
         "name": name,
@@ -57,69 +223,124 @@ def variable(name: str, label: str, query: str) -> dict[str, Any]:
     }
 
 
-def templating() -> dict[str, Any]:
+def textbox_variable(name: str, label: str, default: str, description: str) -> dict[str, Any]:
     return {
-        "list": [
-            {
-                "name": "datasource",
-                "label": "Prometheus",
-                "type": "datasource",
-                "query": "prometheus",
-                "current": {"text": "default", "value": "default"},
-            },
-            variable(
-                "namespace",
-                "Namespace",
-                "label_values(http_request_duration_seconds_count, namespace)",
-            ),
-            variable(
-                "pod",
-                "Pod",
-                'label_values(http_request_duration_seconds_count{namespace=~"$namespace"}, pod)',
-            ),
-            variable(
-                "route",
-                "Route",
-                f'label_values({HTTP_COUNT}{{namespace=~"$namespace"}}, handler)',
-            ),
-        ]
+        "name": name,
+        "label": label,
+        "type": "textbox",
+        "description": description,
+        "query": default,
+        "current": {"text": default, "value": default},
     }
 
 
-def panels_json(panels: list[Panel]) -> list[dict[str, Any]]:
-    out, x, y = [], 0, 0
-    for index, panel in enumerate(panels, start=1):
-        if x + panel.width > 24:
-            x, y = 0, y + 8
+PROMETHEUS_VARIABLE = datasource_variable("datasource", "Prometheus", "prometheus", PROMETHEUS_UID)
+
+
+def namespace_and_pod(metric: str) -> list[dict[str, Any]]:
+    """namespace and pod, from a series every pod of that program always exports."""
+    return [
+        query_variable("namespace", "Namespace", f"label_values({metric}, namespace)"),
+        query_variable("pod", "Pod", f'label_values({metric}{{namespace=~"$namespace"}}, pod)'),
+    ]
+
+
+ROUTE_VARIABLE = query_variable(
+    "route", "Route", f'label_values({HTTP_COUNT}{{namespace=~"$namespace"}}, handler)'
+)
+SERVICE_VARIABLES = [PROMETHEUS_VARIABLE, *namespace_and_pod(BUILD_INFO), ROUTE_VARIABLE]
+
+
+# -- the JSON ------------------------------------------------------------------------------
+
+
+def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": panel.unit}
+    options: dict[str, Any]
+    if panel.kind == "timeseries":
+        if panel.stacked:
+            defaults["custom"] = {"stacking": {"mode": "normal"}, "fillOpacity": 30}
+        options = {
+            "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    elif panel.kind == "heatmap":
+        options = {
+            "calculate": False,
+            "yAxis": {"unit": "s", "axisLabel": "duration"},
+            "cellValues": {"unit": panel.unit},
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "filterValues": {"le": 1e-9},
+            "rowsFrame": {"layout": "auto"},
+            "tooltip": {"mode": "single", "yHistogram": True},
+            "legend": {"show": True},
+        }
+    elif panel.kind == "logs":
+        options = {
+            "showTime": True,
+            "wrapLogMessage": True,
+            "enableLogDetails": True,
+            "sortOrder": "Descending",
+            "dedupStrategy": "none",
+        }
+    else:
+        raise ValueError(f"unknown panel kind {panel.kind}")
+    targets = []
+    for i, q in enumerate(panel.queries):
+        target: dict[str, Any] = {
+            "refId": chr(ord("A") + i),
+            "datasource": panel.datasource,
+            "expr": q.expr,
+        }
+        if panel.kind == "logs":
+            target["queryType"] = "range"
+        else:
+            target["legendFormat"] = q.legend
+            target["format"] = q.format
+        targets.append(target)
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": panel.datasource,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
+        "targets": targets,
+    }
+
+
+def panels_json(rows: list[Row]) -> list[dict[str, Any]]:
+    """Each row (expanded) and its panels below it, left to right, wrapping at 24 columns."""
+    out: list[dict[str, Any]] = []
+    y = 0
+    for row in rows:
         out.append(
             {
-                "id": index,
-                "type": "timeseries",
-                "title": panel.title,
-                "description": panel.description,
-                "datasource": DATASOURCE,
-                "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
-                "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
-                "options": {
-                    "legend": {"displayMode": "table", "placement": "bottom", "showLegend": True},
-                    "tooltip": {"mode": "multi", "sort": "desc"},
-                },
-                "targets": [
-                    {
-                        "refId": chr(ord("A") + i),
-                        "datasource": DATASOURCE,
-                        "expr": q.expr,
-                        "legendFormat": q.legend,
-                    }
-                    for i, q in enumerate(panel.queries)
-                ],
+                "id": len(out) + 1,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
             }
         )
-        x += panel.width
+        y += 1
+        x, line_height = 0, 0
+        for panel in row.panels:
+            if x + panel.width > 24:
+                x, y, line_height = 0, y + line_height, 0
+            out.append(panel_json(panel, len(out) + 1, x, y))
+            x += panel.width
+            line_height = max(line_height, panel.height)
+        y += line_height
     return out
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+def dashboard(
+    uid: str, title: str, description: str, variables: list[dict[str, Any]], rows: list[Row]
+) -> dict[str, Any]:
     return {
         "uid": uid,
         "title": title,
@@ -132,98 +353,585 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
         "refresh": "30s",
         "schemaVersion": SCHEMA_VERSION,
         "version": 1,
-        "templating": templating(),
+        "templating": {"list": variables},
         "annotations": {"list": []},
-        "panels": panels_json(panels),
+        "links": [
+            {
+                "title": "berth dashboards",
+                "type": "dashboards",
+                "tags": ["berth"],
+                "icon": "external link",
+                "tooltip": "The other berth dashboards, with the same variables and time",
+                "url": "",
+                "targetBlank": False,
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ],
+        "panels": panels_json(rows),
     }
 
+
+# -- berth / Service -----------------------------------------------------------------------
+
+CACHE_HITS = f'{SERVICE}, result="{CacheResult.HIT}"'
+# The request ids are in every line's structured metadata (observability/alloy/config.alloy);
+# the stream selector uses only labels the pipeline sets.
+LOGS_QUERY = (
+    f'{{namespace=~"$namespace", pod=~"$pod", container="{API_CONTAINER}"}}'
+    ' | request_id=~"$request_id"'
+)
 
 SERVICE_OVERVIEW = dashboard(
     "berth-service",
     "berth / Service",
-    "Requests, errors and latency per route, in-flight work, and the database pools of the"
-    " berth service.",
+    "Requests, errors and latency per route, in-flight work, the database pools and tenant"
+    " engines, the event loop, the pods and their dependencies, and the logs of one request.",
     [
-        Panel(
-            "Requests per route",
-            "Requests per second by route template (recording rule berth:http_requests:rate5m).",
-            "reqps",
-            (Query(f"berth:http_requests:rate5m{{{RULE}}}", "{{handler}}"),),
+        PROMETHEUS_VARIABLE,
+        datasource_variable("loki", "Loki", "loki", LOKI_UID),
+        *SERVICE_VARIABLES[1:],
+        textbox_variable(
+            "request_id",
+            "Request id",
+            ".*",
+            "A request id (the X-Request-ID header, an error's correlationId) or a regex;"
+            " .* shows every line.",
         ),
-        Panel(
-            "5xx ratio per route",
-            "Share of requests answered with a 5xx, by route (berth:http_errors:ratio_rate5m).",
-            "percentunit",
-            (Query(f"berth:http_errors:ratio_rate5m{{{RULE}}}", "{{handler}}"),),
-        ),
-        Panel(
-            "Latency p50 / p95 / p99",
-            "Request duration quantiles by route, from the histogram's buckets.",
-            "s",
+    ],
+    [
+        Row(
+            "Traffic, errors and latency: how is each route doing?",
             (
-                Query(f"berth:http_request_duration_seconds:p50_5m{{{RULE}}}", "p50 {{handler}}"),
-                Query(f"berth:http_request_duration_seconds:p95_5m{{{RULE}}}", "p95 {{handler}}"),
-                Query(f"berth:http_request_duration_seconds:p99_5m{{{RULE}}}", "p99 {{handler}}"),
-            ),
-        ),
-        Panel(
-            "Status codes",
-            "Requests per second by exact status code (not grouped into 2xx/5xx).",
-            "reqps",
-            (
-                Query(
-                    f"sum by (status) (rate({HTTP_COUNT}{{{ROUTE}}}[$__rate_interval]))",
-                    "{{status}}",
+                Panel(
+                    "Requests per route",
+                    f"Requests per second by route template (recording rule {HTTP_RATE});"
+                    " unknown paths are `none`.",
+                    "reqps",
+                    (Query(f"{HTTP_RATE}{{{RULE}}}", "{{handler}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "5xx ratio per route",
+                    f"Share of requests answered with a 5xx, by route ({HTTP_ERROR_RATIO}).",
+                    "percentunit",
+                    (Query(f"{HTTP_ERROR_RATIO}{{{RULE}}}", "{{handler}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Latency p50 / p95 / p99 per route",
+                    "Request duration quantiles by route, recorded from the histogram's"
+                    " buckets over 5 minutes.",
+                    "s",
+                    tuple(
+                        Query(f"{name}{{{RULE}}}", f"{q} {{{{handler}}}}")
+                        for q, name in HTTP_QUANTILES.items()
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Latency distribution",
+                    "Requests per second in each duration bucket of the selected routes and"
+                    " pods (a heatmap of the histogram's buckets): a second band is a slow"
+                    " path, a drift upwards is saturation.",
+                    "reqps",
+                    (
+                        Query(
+                            rate_by(HTTP_BUCKET, "le", ROUTE),
+                            "{{le}}",
+                            format="heatmap",
+                        ),
+                    ),
+                    kind="heatmap",
+                ),
+                Panel(
+                    "Status codes",
+                    "Requests per second by exact status code (not grouped into 2xx/5xx),"
+                    " stacked: the mix of answers.",
+                    "reqps",
+                    (Query(rate_by(HTTP_COUNT, "status", ROUTE), "{{status}}"),),
+                    stacked=True,
                 ),
             ),
         ),
-        Panel(
-            "In-flight requests",
-            "Requests being served right now, per pod.",
-            "short",
-            (Query(f"sum by (pod) (http_requests_inprogress{{{SERVICE}}})", "{{pod}}"),),
-        ),
-        Panel(
-            "Control-plane pool",
-            "Database connections checked out against the pool's size and overflow, per pod.",
-            "short",
+        Row(
+            "Saturation: is anything running out?",
             (
-                Query(
-                    f"sum by (pod) (berth_db_pool_checked_out{{{SERVICE}}})", "checked out {{pod}}"
+                Panel(
+                    "In-flight requests",
+                    "Requests being served right now, per pod.",
+                    "short",
+                    (Query(f"sum by (pod) ({HTTP_REQUESTS_INPROGRESS}{{{SERVICE}}})", "{{pod}}"),),
+                    width=8,
                 ),
-                Query(f"sum by (pod) (berth_db_pool_size{{{SERVICE}}})", "size {{pod}}"),
-                Query(f"sum by (pod) (berth_db_pool_overflow{{{SERVICE}}})", "overflow {{pod}}"),
+                Panel(
+                    "Control-plane pool",
+                    "Database connections checked out against the pool's size and overflow,"
+                    " per pod and pool.",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (pod, pool) ({DB_POOL_CHECKED_OUT}{{{SERVICE}}})",
+                            "checked out {{pod}} {{pool}}",
+                        ),
+                        Query(
+                            f"sum by (pod, pool) ({DB_POOL_SIZE}{{{SERVICE}}})",
+                            "size {{pod}} {{pool}}",
+                        ),
+                        Query(
+                            f"sum by (pod, pool) ({DB_POOL_OVERFLOW}{{{SERVICE}}})",
+                            "overflow {{pod}} {{pool}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Event-loop lag",
+                    "How late the event loop wakes a timer, p50 and p99 per pod: a blocked"
+                    " loop (CPU-bound or sync code) shows here before it shows in latency.",
+                    "s",
+                    quantiles(f"{EVENT_LOOP_LAG}_bucket", SERVICE, "pod", "{{pod}}")[::2],
+                    width=8,
+                ),
+                Panel(
+                    "Tenant engines",
+                    "Tenant engines open in each pod's bounded cache, and the connections"
+                    " checked out across their pools.",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (pod) ({TENANT_ENGINES_OPEN}{{{SERVICE}}})", "engines {{pod}}"
+                        ),
+                        Query(
+                            f"sum by (pod) ({TENANT_CONNECTIONS_CHECKED_OUT}{{{SERVICE}}})",
+                            "connections {{pod}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Tenant engine evictions",
+                    "Engines closed per second, by reason"
+                    f" ({listed(EVICTION_REASONS)}): steady capacity evictions mean a cache"
+                    " too small for the tenants in use.",
+                    "ops",
+                    (Query(rate_by(TENANT_ENGINE_EVICTIONS, "reason", SERVICE), "{{reason}}"),),
+                ),
             ),
         ),
-        Panel(
-            "Tenant engines",
-            "Tenant engines open in each pod's bounded cache, and their connections checked out.",
-            "short",
+        Row(
+            "Dependencies: are the database and Redis answering?",
             (
-                Query(f"sum by (pod) (berth_tenant_engines_open{{{SERVICE}}})", "engines {{pod}}"),
-                Query(
-                    f"sum by (pod) (berth_tenant_connections_checked_out{{{SERVICE}}})",
-                    "connections {{pod}}",
+                Panel(
+                    "Readiness per dependency",
+                    "1 while the pod's last readiness check of the dependency passed, 0 when it"
+                    " failed (the lowest across the selected pods).",
+                    "bool_yes_no",
+                    (
+                        Query(
+                            f"min by (dependency) ({DEPENDENCY_READY}{{{SERVICE}}})",
+                            "{{dependency}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Database errors by kind",
+                    f"Database errors that reached a request, per second ({listed(DbErrorKind)}):"
+                    " connection and pool_timeout answer 503, statement 500.",
+                    "ops",
+                    (Query(rate_by(DB_ERRORS, "kind", SERVICE), "{{kind}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Redis errors by kind",
+                    f"Redis calls that failed, per second ({listed(RedisErrorKind)}).",
+                    "ops",
+                    (Query(rate_by(REDIS_ERRORS, "kind", SERVICE), "{{kind}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Cache hit ratio",
+                    "Share of cache reads that found their key, per cache (article,"
+                    " auth_state): a drop means more database reads.",
+                    "percentunit",
+                    (
+                        Query(
+                            f"{rate_by(CACHE_LOOKUPS, 'cache', CACHE_HITS)}"
+                            f" / {rate_by(CACHE_LOOKUPS, 'cache', SERVICE)}",
+                            "{{cache}}",
+                        ),
+                    ),
+                    width=24,
                 ),
             ),
         ),
-        Panel(
-            "Tenant engine evictions",
-            "Engines closed to make room in the cache, per second: a cache too small for the"
-            " tenants in use.",
-            "ops",
+        Row(
+            "Pods: are they up, ready and within their resources?",
             (
-                Query(
-                    f"sum by (pod) (rate(berth_tenant_engine_evictions_total{{{SERVICE}}}"
-                    "[$__rate_interval]))",
-                    "{{pod}}",
+                Panel(
+                    "Pods up",
+                    "Service pods Prometheus scrapes successfully (up), per namespace.",
+                    "short",
+                    (Query(f"sum by (namespace) ({UP}{{{API}}})", "{{namespace}}"),),
+                    width=4,
+                ),
+                Panel(
+                    "Pods ready",
+                    "Of the service pods Prometheus scrapes, those Kubernetes reports Ready"
+                    " (kube-state-metrics), per namespace: fewer than up means failing"
+                    " readiness probes.",
+                    "short",
+                    (
+                        Query(
+                            f'sum by (namespace) ({KUBE_READY}{{{SERVICE}, condition="true"}}'
+                            f" and on (namespace, pod) {UP}{{{API}}})",
+                            "{{namespace}}",
+                        ),
+                    ),
+                    width=4,
+                ),
+                Panel(
+                    "Container restarts",
+                    f"Restarts of the {API_CONTAINER} container in the hour before each point,"
+                    " per pod (kube-state-metrics): crashes, OOM kills, failed liveness probes.",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (pod) (increase({KUBE_RESTARTS}{{{API}}}[1h]))",
+                            "{{pod}}",
+                        ),
+                    ),
+                    width=4,
+                ),
+                Panel(
+                    "CPU",
+                    "CPU time the service process uses per second, per pod (1 = one core).",
+                    "percentunit",
+                    (Query(rate_by(PROCESS_CPU, "pod", API), "{{pod}}"),),
+                    width=6,
+                ),
+                Panel(
+                    "Resident memory",
+                    "Resident memory of the service process, per pod.",
+                    "bytes",
+                    (Query(f"sum by (pod) ({PROCESS_RESIDENT_MEMORY}{{{API}}})", "{{pod}}"),),
+                    width=6,
+                ),
+            ),
+        ),
+        Row(
+            "Logs: what happened in this request?",
+            (
+                Panel(
+                    "Service logs",
+                    "The service's log lines (Loki), filtered by the request id variable, which"
+                    " matches the request_id structured metadata the log pipeline stores with"
+                    " each line; open a line for its trace_id and tenant.",
+                    "none",
+                    (Query(LOGS_QUERY, ""),),
+                    width=24,
+                    height=12,
+                    kind="logs",
+                    datasource=LOKI,
                 ),
             ),
         ),
     ],
 )
 
-ALL = {"berth-service.json": SERVICE_OVERVIEW}
+
+# -- berth / Tenants and security -------------------------------------------------------------
+
+LOGIN_FAILED = f'{SERVICE}, outcome!="{LoginOutcome.SUCCESS}"'
+REFUSED = regex(
+    s.value for s in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.TOO_MANY_REQUESTS)
+)
+
+TENANTS_AND_SECURITY = dashboard(
+    "berth-tenants-security",
+    "berth / Tenants and security",
+    "Logins, token refreshes and refresh-token reuse, rate limits and refused requests, the"
+    " traffic of each configured tenant, the tenant registry and article writes.",
+    SERVICE_VARIABLES,
+    [
+        Row(
+            "Authentication: are users getting in, and is anyone guessing?",
+            (
+                Panel(
+                    "Logins by outcome",
+                    f"Login attempts per second, by outcome ({listed(LoginOutcome)}).",
+                    "ops",
+                    (Query(rate_by(LOGINS, "outcome", SERVICE), "{{outcome}}"),),
+                    width=8,
+                    stacked=True,
+                ),
+                Panel(
+                    "Failed login ratio",
+                    "Share of login attempts that did not succeed: a rise without more traffic"
+                    " is password guessing or a broken client.",
+                    "percentunit",
+                    (
+                        Query(
+                            f"sum (rate({LOGINS}{{{LOGIN_FAILED}}}{RATE}))"
+                            f" / sum (rate({LOGINS}{{{SERVICE}}}{RATE}))",
+                            "failed",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Token refreshes by outcome",
+                    f"Refresh-token rotations per second, by outcome ({listed(RefreshOutcome)}).",
+                    "ops",
+                    (Query(rate_by(TOKEN_REFRESHES, "outcome", SERVICE), "{{outcome}}"),),
+                    width=8,
+                    stacked=True,
+                ),
+                Panel(
+                    "Refresh-token reuse",
+                    "Used refresh tokens presented again in the preceding rate interval: a"
+                    " copied token; each one revoked its whole token family.",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (pod) (increase({REFRESH_TOKEN_REUSE}{{{SERVICE}}}{RATE}))",
+                            "{{pod}}",
+                        ),
+                    ),
+                    width=24,
+                ),
+            ),
+        ),
+        Row(
+            "Rate limits: who is being refused, and do the limits still hold?",
+            (
+                Panel(
+                    "Rate-limit rejections by rule",
+                    f"Requests refused with 429 per second, by rule ({listed(RULES)}).",
+                    "reqps",
+                    (Query(rate_by(RATE_LIMIT_REJECTIONS, "rule", SERVICE), "{{rule}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Rate-limit fallbacks by rule",
+                    "Rate-limit decisions made in one pod's memory because Redis did not"
+                    " answer, per second: while this is not 0, limits are per pod, not shared.",
+                    "ops",
+                    (Query(rate_by(RATE_LIMIT_FALLBACKS, "rule", SERVICE), "{{rule}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Refused requests by route",
+                    f"Requests answered {REFUSED.replace('|', ', ')} per second, by route and"
+                    " status: which endpoints are refused, and why.",
+                    "reqps",
+                    (
+                        Query(
+                            rate_by(HTTP_COUNT, "handler, status", f'{ROUTE}, status=~"{REFUSED}"'),
+                            "{{status}} {{handler}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+            ),
+        ),
+        Row(
+            "Tenants: who is using berth, and does every tenant's registry entry load?",
+            (
+                Panel(
+                    "Requests per tenant",
+                    "Requests served in a tenant's scope per second: the tenants named in"
+                    " BERTH_OBSERVABILITY__METRICS_TENANTS by name, all others as"
+                    f" `{OTHER_TENANTS}`.",
+                    "reqps",
+                    (Query(rate_by(TENANT_REQUESTS, "tenant", SERVICE), "{{tenant}}"),),
+                    stacked=True,
+                ),
+                Panel(
+                    "Registry entries by status",
+                    "Valid tenant registry entries by status, as the pods read them (the"
+                    " highest across pods).",
+                    "short",
+                    (
+                        Query(
+                            f"max by (status) ({TENANT_REGISTRY_ENTRIES}{{{SERVICE}}})",
+                            "{{status}}",
+                        ),
+                    ),
+                    width=6,
+                ),
+                Panel(
+                    "Invalid registry entries",
+                    "Registry files each pod skips as malformed: those tenants get 404 (the"
+                    " tenant_entry_skipped log line names the file).",
+                    "short",
+                    (Query(f"max by (pod) ({TENANT_REGISTRY_INVALID}{{{SERVICE}}})", "{{pod}}"),),
+                    width=6,
+                ),
+            ),
+        ),
+        Row(
+            "Business: what are tenants writing?",
+            (
+                Panel(
+                    "Article writes by operation",
+                    f"Article writes committed per second, by operation"
+                    f" ({listed(ArticleOperation)}); rolled-back writes are not counted.",
+                    "ops",
+                    (Query(rate_by(ARTICLE_WRITES, "operation", SERVICE), "{{operation}}"),),
+                    width=24,
+                    stacked=True,
+                ),
+            ),
+        ),
+    ],
+)
+
+
+# -- berth / Operator --------------------------------------------------------------------------
+
+RECONCILE_FAILED = f'{OPERATOR}, result!="{Result.SUCCESS}"'
+
+OPERATOR_DASHBOARD = dashboard(
+    "berth-operator",
+    "berth / Operator",
+    "The Tenant operator: handler runs and their failures, how long they take, Tenants by"
+    " phase, drift repairs, registry write conflicts, the single-instance Lease and the"
+    " operator's pods.",
+    [
+        PROMETHEUS_VARIABLE,
+        *namespace_and_pod(LEASE_HELD),
+    ],
+    [
+        Row(
+            "Reconciles: are handlers succeeding, and how fast?",
+            (
+                Panel(
+                    "Reconciles by handler and result",
+                    f"Handler runs per second, by handler ({listed(Handler)}) and result"
+                    f" ({listed(Result)}).",
+                    "ops",
+                    (
+                        Query(
+                            rate_by(RECONCILES, "handler, result", OPERATOR),
+                            "{{handler}} {{result}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Reconcile error ratio",
+                    "Share of handler runs that ended in a temporary or permanent error, per"
+                    " handler (0 while runs succeed).",
+                    "percentunit",
+                    (
+                        Query(
+                            f"({rate_by(RECONCILES, 'handler', RECONCILE_FAILED)}"
+                            f" or 0 * {rate_by(RECONCILES, 'handler', OPERATOR)})"
+                            f" / {rate_by(RECONCILES, 'handler', OPERATOR)}",
+                            "{{handler}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Reconcile duration p50 / p95 / p99",
+                    "How long a handler run takes, per handler, from the histogram's buckets.",
+                    "s",
+                    quantiles(f"{RECONCILE_DURATION}_bucket", OPERATOR, "handler", "{{handler}}"),
+                    width=8,
+                ),
+            ),
+        ),
+        Row(
+            "Tenants: are they Ready, and is anything drifting?",
+            (
+                Panel(
+                    "Tenants by phase",
+                    f"Tenants by the phase in their status ({listed(Phase)}), as the operator"
+                    " last wrote it.",
+                    "short",
+                    (Query(f"max by (phase) ({TENANTS}{{{OPERATOR}}})", "{{phase}}"),),
+                    width=8,
+                    stacked=True,
+                ),
+                Panel(
+                    "Drift repairs by kind",
+                    "Things changed or dropped by hand and put back by the drift timer, in the"
+                    " preceding rate interval, by kind: repeated repairs mean something keeps"
+                    " undoing the operator's work.",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (kind) (increase({DRIFT_REPAIRS}{{{OPERATOR}}}{RATE}))",
+                            "{{kind}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Registry write conflicts",
+                    "Registry Secret writes that lost a race (stale resourceVersion, Secret"
+                    " gone) per second, each retried: steady conflicts mean a second writer.",
+                    "ops",
+                    (Query(rate_by(REGISTRY_WRITE_CONFLICTS, "pod", OPERATOR), "{{pod}}"),),
+                    width=8,
+                ),
+            ),
+        ),
+        Row(
+            "Operator pods: is exactly one instance working, and is it healthy?",
+            (
+                Panel(
+                    "Lease held",
+                    "1 while the pod holds the single-instance Lease: exactly one pod should.",
+                    "bool_yes_no",
+                    (Query(f"max by (pod) ({LEASE_HELD}{{{OPERATOR}}})", "{{pod}}"),),
+                    width=6,
+                ),
+                Panel(
+                    "Container restarts",
+                    f"Restarts of the {OPERATOR_CONTAINER} container in the hour before each"
+                    " point, per pod (kube-state-metrics).",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (pod) (increase({KUBE_RESTARTS}{{{OPERATOR_PROCESS}}}[1h]))",
+                            "{{pod}}",
+                        ),
+                    ),
+                    width=6,
+                ),
+                Panel(
+                    "CPU",
+                    "CPU time the operator process uses per second, per pod (1 = one core).",
+                    "percentunit",
+                    (Query(rate_by(PROCESS_CPU, "pod", OPERATOR_PROCESS), "{{pod}}"),),
+                    width=6,
+                ),
+                Panel(
+                    "Resident memory",
+                    "Resident memory of the operator process, per pod.",
+                    "bytes",
+                    (
+                        Query(
+                            f"sum by (pod) ({PROCESS_RESIDENT_MEMORY}{{{OPERATOR_PROCESS}}})",
+                            "{{pod}}",
+                        ),
+                    ),
+                    width=6,
+                ),
+            ),
+        ),
+    ],
+)
+
+ALL = {
+    "berth-service.json": SERVICE_OVERVIEW,
+    "berth-tenants-security.json": TENANTS_AND_SECURITY,
+    "berth-operator.json": OPERATOR_DASHBOARD,
+}
 
 
 def rendered(board: dict[str, Any]) -> str:
@@ -236,10 +944,13 @@ def main(argv: list[str]) -> int:
         for name, board in ALL.items()
         if not (DASHBOARDS / name).is_file() or (DASHBOARDS / name).read_text() != rendered(board)
     ]
+    extra = sorted(path.name for path in DASHBOARDS.glob("*.json") if path.name not in ALL)
     if "--check" in argv:
         for name in stale:
             print(f"observability/grafana/dashboards/{name} is out of date: run {__file__}")
-        return 1 if stale else 0
+        for name in extra:
+            print(f"observability/grafana/dashboards/{name} is not generated: delete it")
+        return 1 if stale or extra else 0
     DASHBOARDS.mkdir(exist_ok=True)
     for name, board in ALL.items():
         (DASHBOARDS / name).write_text(rendered(board))

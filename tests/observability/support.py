@@ -35,8 +35,13 @@ METRICS_MODULES = (
 )
 
 
-# Metrics the rules read that berth does not export, with who does: a cluster runs these.
-EXTERNAL_METRICS = {"kube_pod_container_status_restarts_total": "kube-state-metrics"}
+# Metrics the rules and dashboards read that berth does not export, with who does: a cluster
+# runs these (kube-prometheus-stack installs kube-state-metrics).
+EXTERNAL_METRICS = {
+    "kube_pod_container_status_restarts_total": "kube-state-metrics",
+    "kube_pod_status_ready": "kube-state-metrics",
+    "up": "Prometheus (one series per scrape target)",
+}
 
 
 def exported_metric_names() -> set[str]:
@@ -64,7 +69,8 @@ def recorded_names() -> set[str]:
 
 
 def unknown_metrics(expression: str) -> list[str]:
-    """The metrics `expression` reads that berth neither exports nor records."""
+    """The metrics `expression` reads that berth neither exports nor records, and that are
+    not one of the EXTERNAL_METRICS."""
     known = exported_metric_names() | recorded_names() | set(EXTERNAL_METRICS)
     unknown = []
     for name in SELECTOR.findall(expression):

@@ -5,6 +5,7 @@ No web framework here: services raise these, and the CLI imports them, without l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -189,3 +190,11 @@ FORM_BODY_ERRORS = (
     HTTPStatus.UNPROCESSABLE_ENTITY,
 )
 RATE_LIMITED_ERRORS = (HTTPStatus.TOO_MANY_REQUESTS,)
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every error it was raised from or while handling, nearest first."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__

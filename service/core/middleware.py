@@ -24,7 +24,7 @@ from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import VALIDATION_MESSAGE, envelope_bytes
+from service.core.errors import VALIDATION_MESSAGE, envelope_bytes, exception_chain
 from service.core.http import (
     JSON_MEDIA_TYPE,
     REQUEST_ID_SCOPE_KEY,
@@ -332,12 +332,7 @@ class BodySizeLimitMiddleware:
 
 
 def _caused_by_body_limit(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, _BodyTooLarge):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(error, _BodyTooLarge) for error in exception_chain(exc))
 
 
 def _is_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:

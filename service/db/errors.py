@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from service.core.dependencies import CORE
 from service.core.error_handlers import error_response
-from service.core.errors import Conflict, DomainError
+from service.core.errors import Conflict, DomainError, exception_chain
 from service.core.logging import get_logger
 from service.core.metrics import DbErrorKind
 
@@ -115,12 +115,7 @@ UNAVAILABILITY_CANDIDATES: tuple[type[Exception], ...] = (
 def is_unavailable(exc: BaseException) -> bool:
     """Whether `exc`, or an error it was raised from, says the database cannot be reached
     (rather than that a statement was wrong)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if _says_unavailable(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(_says_unavailable(error) for error in exception_chain(exc))
 
 
 def _says_unavailable(error: BaseException) -> bool:
@@ -142,19 +137,10 @@ def error_kind(exc: BaseException) -> DbErrorKind | None:
     if is_unavailable(exc):
         return (
             DbErrorKind.POOL_TIMEOUT
-            if _caused_by(exc, PoolTimeoutError)
+            if any(isinstance(e, PoolTimeoutError) for e in exception_chain(exc))
             else DbErrorKind.CONNECTION
         )
     return DbErrorKind.STATEMENT if isinstance(exc, DBAPIError) else None
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 async def _handle_database_error(request: Request, exc: Exception) -> Response:

@@ -23,10 +23,11 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced  ## create or refresh the environment from uv.lock
 
+# scripts/run_local.py: migrate, seed the demo tenant, start a local MongoDB (secantusdb, data
+# in ./data/mongo, port BERTH_LOCAL_MONGO_PORT or 27018) unless BERTH_MONGO__URL is set, serve;
+# the MongoDB server stops with the service.
 run: install  ## migrate, seed the demo tenant, serve on http://127.0.0.1:8000 (no servers)
-	$(PY) -m service migrate
-	$(PY) -m service seed-demo
-	$(PY) -m service serve
+	$(PY) scripts/run_local.py
 
 test: install test-tools  ## the whole suite (real PostgreSQL, Redis, a Kubernetes API server)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -29,6 +29,7 @@ from service.db.dependencies import CONTROL_PLANE
 from service.db.engine import Database
 from service.health.service import READINESS, ReadinessProbe, build_probe
 from service.identity.wiring import IDENTITY, Identity, build_identity
+from service.submissions.wiring import SUBMISSIONS, Submissions, build_submissions
 from service.tenants.wiring import TENANCY, Tenancy, build_tenancy
 
 
@@ -41,6 +42,7 @@ class Container:
     tenancy: Tenancy
     identity: Identity
     articles: ArticleService
+    submissions: Submissions
     readiness: ReadinessProbe
     # Undone at close, last first (e.g. the tracing of the clients).
     on_close: list[Callable[[], object]] = field(default_factory=list)
@@ -67,6 +69,7 @@ class Container:
                     self.core.store.ping,
                 )
             await self.tenancy.start()
+            self.submissions.start()
         except BaseException:
             await self.close()
             raise
@@ -75,6 +78,7 @@ class Container:
         for undo in reversed(self.on_close):
             undo()
         self.on_close.clear()
+        await self.submissions.stop()  # before the pools: held work is settled or handed back
         await self.tenancy.close()
         await self.core.store.close()
         await self.control_plane.dispose()
@@ -114,7 +118,14 @@ def build_container(
             hasher=hasher,
         ),
         articles=build_articles(settings, store, metrics),
-        readiness=build_probe(settings, control_plane, store, ready=metrics.dependency_ready),
+        submissions=build_submissions(settings, tenancy, metrics),
+        readiness=build_probe(
+            settings,
+            control_plane,
+            store,
+            mongo_ping=tenancy.documents.ping,
+            ready=metrics.dependency_ready,
+        ),
     )
 
 
@@ -129,6 +140,7 @@ def install(app: Starlette, container: Container) -> None:
     TENANCY.fill(app, container.tenancy)
     IDENTITY.fill(app, container.identity)
     ARTICLES.fill(app, container.articles)
+    SUBMISSIONS.fill(app, container.submissions)
     READINESS.fill(app, container.readiness)
 
 

@@ -44,10 +44,12 @@ from service.core.protocol import configure_protocol
 from service.core.proxies import ForwardedHeadersMiddleware, TrustedProxies
 from service.core.tracing import instrument_app, instrument_clients, tracing_enabled
 from service.db.errors import install_database_error_handlers
+from service.documents.errors import install_document_error_handlers
 from service.health.router import router as health_router
 from service.identity.auth_router import router as auth_router
 from service.identity.users_router import router as users_router
 from service.info.router import build_router as build_info_router
+from service.submissions.router import router as submissions_router
 
 METRICS_PATH = "/metrics"
 DOCS_PATH = "/docs"
@@ -67,6 +69,10 @@ OPENAPI_TAGS = [
     {"name": "auth", "description": "Log in, rotate and revoke tokens, self sign-up."},
     {"name": "users", "description": "User management: tenant owners/admins, platform admins."},
     {"name": "articles", "description": "Articles of the caller's tenant, in its own database."},
+    {
+        "name": "submissions",
+        "description": "Declarations of the caller's tenant, in its own MongoDB database.",
+    },
 ]
 
 log = get_logger(__name__)
@@ -178,8 +184,10 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     # Each feature router is included directly under the prefix: in this FastAPI a router
     # nested in another costs measurable time per request (docs/benchmarks.md). Matching
     # tries routes in order, so the busiest come first (no two routers share a path).
-    routers = (articles_router, build_info_router(settings), health_router, auth_router,
-               users_router)  # fmt: skip
+    routers = [articles_router, build_info_router(settings), health_router, auth_router,
+               users_router]  # fmt: skip
+    if settings.submissions.enabled:
+        routers.append(submissions_router)
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     if settings.docs_enabled:
@@ -189,6 +197,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
         install_metrics_route(app, metrics, METRICS_PATH)
     install_error_handlers(app)
     install_database_error_handlers(app)
+    install_document_error_handlers(app)
     _add_middleware(app, settings, metrics)
     tracer_provider = (
         instrument_app(app, settings, list(UNOBSERVED_PATHS)) if tracing_enabled(settings) else None

@@ -20,6 +20,7 @@ from berth_operator.crd import render_yaml
 from berth_operator.resource import CRD_NAME
 from fastapi import FastAPI
 from lightkube import AsyncClient, KubeConfig
+from pymongo import MongoClient
 from redis.exceptions import RedisError
 from sqlalchemy import make_url
 
@@ -28,6 +29,8 @@ from service.core.config import Settings
 from service.db import migrate
 from service.main import create_app
 from tests.kube import ApiServer, api_server, kubectl
+from tests.mongo_server import MongoServer
+from tests.mongo_server import mongo_server as mongo_server_at
 from tests.pg_cluster import ScramCluster, scram_cluster
 from tests.support import (
     PG_ADMIN_URL,
@@ -127,6 +130,42 @@ def redis_server() -> Iterator[str]:
             yield url
     except RedisError as exc:  # raised before the yield: Redis is not there
         unavailable("Redis at BERTH_TEST_REDIS_URL", exc)
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """A real MongoDB-protocol server (secantusdb, one-node replica set, no auth), one per run;
+    tests keep apart by database (`mongo_database`)."""
+    with mongo_server_at(tmp_path_factory.mktemp("mongo")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mongo_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """The same server with `--auth`: `url` is a root admin's; tenant users are real users."""
+    with mongo_server_at(tmp_path_factory.mktemp("mongo-auth"), auth=True) as server:
+        yield server
+
+
+@pytest.fixture
+def mongo_database(mongo_server: MongoServer) -> Iterator[str]:
+    """A database name of this test's own on `mongo_server`, dropped afterwards."""
+    name = f"berth_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with MongoClient(mongo_server.url) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def mongo_prefix(mongo_server: MongoServer) -> Iterator[str]:
+    """A database prefix of this test's own (`BERTH_MONGO__DATABASE_PREFIX`): every database
+    named with it is dropped afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    yield prefix
+    with MongoClient(mongo_server.url) as client:
+        for name in client.list_database_names():
+            if name.startswith(prefix):
+                client.drop_database(name)
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -318,6 +320,20 @@ def process_env(**overrides: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
     return env
+
+
+def stop_process_group(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after `timeout`; reaped."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class Spawned:

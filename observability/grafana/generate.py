@@ -70,6 +70,15 @@ from service.identity.metrics import (  # noqa: E402
     LoginOutcome,
     RefreshOutcome,
 )
+from service.submissions.metrics import (  # noqa: E402
+    SUBMISSION_LEASE_EXPIRIES,
+    SUBMISSION_PROCESSING_SECONDS,
+    SUBMISSION_QUEUE_DEPTH,
+    SUBMISSIONS_PROCESSED,
+    SUBMISSIONS_RECEIVED,
+    ContentKind,
+    Outcome,
+)
 from service.tenants.metrics import (  # noqa: E402
     EVICTION_REASONS,
     OTHER_TENANTS,
@@ -175,14 +184,17 @@ class Row:
     panels: tuple[Panel, ...]
 
 
-def quantiles(bucket: str, selector: str, by: str, legend: str) -> tuple[Query, ...]:
-    """p50, p95 and p99 from a histogram's buckets, summed by `le` and `by`."""
+def quantiles(
+    bucket: str, selector: str, by: str, legend: str, levels: tuple[float, ...] = (0.5, 0.95, 0.99)
+) -> tuple[Query, ...]:
+    """Quantiles (p50, p95 and p99 unless told) from a histogram's buckets, summed by `le`
+    and `by`."""
     return tuple(
         Query(
             f"histogram_quantile({q}, sum by (le, {by}) (rate({bucket}{{{selector}}}{RATE})))",
             f"p{round(q * 100)} {legend}",
         )
-        for q in (0.5, 0.95, 0.99)
+        for q in levels
     )
 
 
@@ -644,6 +656,7 @@ SERVICE_OVERVIEW = dashboard(
 # -- berth / Tenants and security -------------------------------------------------------------
 
 LOGIN_FAILED = f'{SERVICE}, outcome!="{LoginOutcome.SUCCESS}"'
+SUBMISSION_FAILED = f'{SERVICE}, outcome="{Outcome.FAILED}"'
 REFUSED = regex(
     s.value for s in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN, HTTPStatus.TOO_MANY_REQUESTS)
 )
@@ -652,7 +665,8 @@ TENANTS_AND_SECURITY = dashboard(
     "berth-tenants-security",
     "berth / Tenants and security",
     "Logins, token refreshes and refresh-token reuse, rate limits and refused requests, the"
-    " traffic of each configured tenant, the tenant registry and article writes.",
+    " traffic of each configured tenant, the tenant registry, article writes and the"
+    " submissions' processing and queue.",
     SERVICE_VARIABLES,
     [
         Row(
@@ -782,6 +796,93 @@ TENANTS_AND_SECURITY = dashboard(
                     (Query(rate_by(ARTICLE_WRITES, "operation", SERVICE), "{{operation}}"),),
                     width=24,
                     stacked=True,
+                ),
+            ),
+        ),
+        Row(
+            "Submissions: are declarations processed, and does the queue keep up?",
+            (
+                Panel(
+                    "Submissions received by content type",
+                    "New submissions accepted (202) per second, by body format"
+                    f" ({listed(ContentKind)}); replays of an idempotency key are not counted.",
+                    "ops",
+                    (
+                        Query(
+                            rate_by(SUBMISSIONS_RECEIVED, "content_type", SERVICE),
+                            "{{content_type}}",
+                        ),
+                    ),
+                    width=8,
+                    stacked=True,
+                ),
+                Panel(
+                    "Processing attempts by outcome",
+                    f"Attempts the workers finished per second, by outcome ({listed(Outcome)}):"
+                    f" `{Outcome.RETRIED}` will be tried again, `{Outcome.FAILED}` was the last"
+                    f" attempt, `{Outcome.LOST}` lost its lease to another worker.",
+                    "ops",
+                    (Query(rate_by(SUBMISSIONS_PROCESSED, "outcome", SERVICE), "{{outcome}}"),),
+                    width=8,
+                    stacked=True,
+                ),
+                Panel(
+                    "Failure ratio",
+                    f"Share of finished attempts that ended `{Outcome.FAILED}` (given up), per"
+                    " namespace; BerthSubmissionFailureRatio pages above 5% over 15 minutes.",
+                    "percentunit",
+                    (
+                        Query(
+                            f"{rate_by(SUBMISSIONS_PROCESSED, 'namespace', SUBMISSION_FAILED)}"
+                            f" / {rate_by(SUBMISSIONS_PROCESSED, 'namespace', SERVICE)}",
+                            "{{namespace}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Processing duration p50 / p99",
+                    "Time from a claim to its result being stored, per attempt, from the"
+                    " histogram's buckets.",
+                    "s",
+                    quantiles(
+                        f"{SUBMISSION_PROCESSING_SECONDS}_bucket",
+                        SERVICE,
+                        "namespace",
+                        "{{namespace}}",
+                        levels=(0.5, 0.99),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Queue depth by tenant",
+                    "Submissions waiting (PENDING), by tenant (those in"
+                    " BERTH_OBSERVABILITY__METRICS_TENANTS by name, the rest as"
+                    f" `{OTHER_TENANTS}`), as the workers last counted them: each counts the whole"
+                    " queue, so the highest across pods, not their sum.",
+                    "short",
+                    (
+                        Query(
+                            f"max by (tenant) ({SUBMISSION_QUEUE_DEPTH}{{{SERVICE}}})",
+                            "{{tenant}}",
+                        ),
+                    ),
+                    width=8,
+                    stacked=True,
+                ),
+                Panel(
+                    "Lease expiries",
+                    "Claims whose lease ran out before a result, in the preceding rate"
+                    " interval, per pod that requeued them: their worker died or hung.",
+                    "short",
+                    (
+                        Query(
+                            f"sum by (pod)"
+                            f" (increase({SUBMISSION_LEASE_EXPIRIES}{{{SERVICE}}}{RATE}))",
+                            "{{pod}}",
+                        ),
+                    ),
+                    width=8,
                 ),
             ),
         ),

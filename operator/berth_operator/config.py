@@ -64,6 +64,8 @@ class OperatorSettings(BaseSettings):
     # Name of the registry Secret written in each Tenant's namespace (the service mounts it).
     registry_secret: SecretName = "berth-tenant-registry"  # noqa: S105 - a name
     default_server: ServerSecret = Field(default_factory=ServerSecret)
+    # The MongoDB server of Tenants with spec.mongo.enabled and no spec.mongo.serverSecretRef.
+    default_mongo_server: ServerSecret = Field(default_factory=ServerSecret)
     # How often every Tenant is checked for drift (and brought to the newest schema).
     timer_seconds: float = Field(default=300.0, ge=5)
     # Tenants provisioned or migrated at once (each holds a few database connections).
@@ -86,6 +88,10 @@ class OperatorSettings(BaseSettings):
     @property
     def default_server_namespace(self) -> str:
         return self.default_server.namespace or self.own_namespace
+
+    @property
+    def default_mongo_server_namespace(self) -> str:
+        return self.default_mongo_server.namespace or self.own_namespace
 
 
 def operator_env_name(*path: str) -> str:

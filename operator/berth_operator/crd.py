@@ -34,7 +34,17 @@ from berth_operator.resource import (
 
 JsonSchema = dict[str, Any]
 
-_KEPT = ("type", "description", "enum", "pattern", "maxLength", "minimum", "maximum", "default")
+_KEPT = (
+    "type",
+    "description",
+    "enum",
+    "pattern",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "default",
+    "x-kubernetes-validations",
+)
 MAX_SLUG_LENGTH = 40
 # Only both-present transitions are checked by CEL, so the rule lives on `spec` (always
 # present: it defaults to {}) and checks presence as well as the value. Written with `?:`
@@ -144,6 +154,7 @@ def _printer_columns() -> list[JsonSchema]:
         {"name": "Database", "type": "string", "jsonPath": ".status.database"},
         {"name": "Schema", "type": "string", "jsonPath": ".status.schemaVersion"},
         {"name": "Ready", "type": "string", "jsonPath": ready},
+        {"name": "Mongo", "type": "string", "jsonPath": ".status.mongo.database", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

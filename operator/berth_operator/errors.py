@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import asyncpg
 import httpx2
 import psycopg
+import pymongo.errors
 from lightkube import ApiError
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
@@ -16,6 +17,7 @@ from berth_operator.resource import InvalidTenant
 from berth_operator.status import Failure, Step
 from service.core.commands import first_line
 from service.core.logging import REDACTED
+from service.tenants.mongo_users import InvalidMongoUrl, MongoUnreachable
 from service.tenants.postgres import OwnershipConflict, ProvisioningError, ServerUnreachable
 
 OWNERSHIP_HELP = "see operator/README.md, 'An ownership clash'"
@@ -33,6 +35,10 @@ class NoServer(InvalidTenant):
     """Neither the Tenant nor the operator's configuration names a server."""
 
 
+class NoMongoServer(InvalidTenant):
+    """spec.mongo.enabled, but neither the Tenant nor the operator names a MongoDB server."""
+
+
 class ServerSecretMissing(RuntimeError):
     """The Secret with the admin URL (or its key) is not there (yet)."""
 
@@ -44,14 +50,18 @@ class InvalidServerUrl(ValueError):
 # The first match wins: subclasses before their bases.
 _RULES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str, bool], ...] = (
     (NoServer, "NoServer", False),
+    (NoMongoServer, "NoMongoServer", False),
     (InvalidTenant, "InvalidSpec", False),
     (ServerSecretMissing, "ServerSecretMissing", True),
     (ServerUnreachable, "ServerUnreachable", True),
+    ((MongoUnreachable, pymongo.errors.ConnectionFailure), "MongoUnavailable", True),
     (OwnershipConflict, "OwnershipConflict", False),
     (ProvisioningError, "ProvisioningFailed", False),
     (CredentialsConflict, "SecretConflict", True),
     (RegistryWriteFailed, "RegistryConflict", True),
     ((InvalidServerUrl, ArgumentError), "InvalidServerUrl", False),
+    ((InvalidMongoUrl, pymongo.errors.ConfigurationError), "InvalidMongoUrl", False),
+    (pymongo.errors.PyMongoError, "MongoError", False),
     (
         (
             psycopg.OperationalError,
@@ -73,6 +83,7 @@ _OWN_MESSAGES = (
     ProvisioningError,
     ServerSecretMissing,
     InvalidServerUrl,
+    InvalidMongoUrl,
     CredentialsConflict,
     RegistryWriteFailed,
 )

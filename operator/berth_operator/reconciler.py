@@ -2,14 +2,16 @@
 
 Create, update, resume and the drift timer all run `reconcile`: find the tenant's server
 and password, ensure the role and database (`service.tenants.postgres`), migrate to head as
-the tenant's role (`service.tenants.migrate`), write the credentials Secret, then the
-registry key, `ready` last. Each step looks before it writes, so a second run on a healthy
-tenant changes nothing, a run after a crash at any point finishes the job, and a run after
-someone changed things by hand puts them back and says so.
+the tenant's role (`service.tenants.migrate`), with spec.mongo.enabled ensure its MongoDB
+user and database (`service.tenants.mongo_users`; disabled: clean up what was there), write
+the credentials Secret, then the registry key, `ready` last. Each step looks before it
+writes, so a second run on a healthy tenant changes nothing, a run after a crash at any
+point finishes the job, and a run after someone changed things by hand puts them back and
+says so.
 
-The password lives in the tenant's Secret (and the registry entry) and is reused; only the
-rotation annotation makes a new one. Every message that reaches a status, an Event or a log
-line is scrubbed of the passwords this run handled.
+The passwords (PostgreSQL and MongoDB) live in the tenant's Secret (and the registry entry)
+and are reused; only the rotation annotation makes new ones. Every message that reaches a
+status, an Event or a log line is scrubbed of the passwords this run handled.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from berth_operator import status as statuses
-from berth_operator.config import OperatorSettings, operator_env_name
+from berth_operator.config import OperatorSettings, ServerSecret, operator_env_name
 from berth_operator.errors import (
     InvalidServerUrl,
+    NoMongoServer,
     NoServer,
     ReconcileFailed,
     ServerSecretMissing,
@@ -39,13 +43,16 @@ from berth_operator.registry import Registries
 from berth_operator.render import (
     credentials_data,
     credentials_secret_name,
+    registered_mongo_password,
     registered_password,
     registry_entry,
 )
 from berth_operator.resource import (
     DeletionPolicy,
     InvalidTenant,
+    MongoStatus,
     Phase,
+    SecretKeyRef,
     ServerRef,
     Tenant,
     TenantStatus,
@@ -53,13 +60,23 @@ from berth_operator.resource import (
 from berth_operator.status import Failure, Step
 from service.core.logging import get_logger
 from service.tenants.migrate import upgrade_tenant
+from service.tenants.mongo_users import (
+    DesiredMongoUser,
+    InvalidMongoUrl,
+    MongoChange,
+    MongoNames,
+    MongoProvisioned,
+    check_mongo_url,
+    drop_mongo,
+    ensure_mongo_user,
+    mongo_names,
+)
 from service.tenants.postgres import (
     UNLIMITED_CONNECTIONS,
     Change,
     DesiredTenant,
     Owner,
     OwnershipConflict,
-    TenantNames,
     drop_postgres,
     ensure_postgres,
     new_password,
@@ -77,7 +94,9 @@ class SecretChange(StrEnum):
     REGISTRY_ENTRY = "registry entry written"
 
 
-AnyChange = Change | SecretChange
+AnyChange = Change | MongoChange | SecretChange
+# Recovers a password from the registry entry's value (None: not there, or not ours).
+Recover = Callable[[str | None], str | None]
 # Called after each step that completed (tests inject crashes here).
 StepHook = Callable[[Step], Awaitable[None]]
 
@@ -99,6 +118,33 @@ class _Run:
 class _Password:
     value: str
     is_new: bool
+
+
+def _url_secrets(url: str) -> tuple[str, ...]:
+    """An admin URL and its password, as written (URL-quoted) and as sent: none may show."""
+    password = urlsplit(url).password or ""
+    return (url, password, unquote(password))
+
+
+def _choose_server(
+    namespace: str, wanted: SecretKeyRef | None, recorded: ServerRef | None, field_name: str
+) -> ServerRef | None:
+    """The server the spec names (refused if another one is recorded), else the recorded."""
+    if wanted is None:
+        return recorded
+    chosen = ServerRef(secret_namespace=namespace, secret_name=wanted.name, secret_key=wanted.key)
+    if recorded is not None and recorded != chosen:
+        raise InvalidTenant(
+            f"{field_name} is immutable: the tenant lives on the server "
+            f"of Secret {recorded.secret_namespace}/{recorded.secret_name}"
+        )
+    return chosen
+
+
+def _default_server(default: ServerSecret, namespace: str) -> ServerRef | None:
+    if default.name is None:
+        return None
+    return ServerRef(secret_namespace=namespace, secret_name=default.name, secret_key=default.key)
 
 
 @dataclass
@@ -178,7 +224,12 @@ class Reconciler:
                 return await self._reconcile(run, handler)
             except Exception as exc:
                 failure = self._failure(run, exc, retry)
-                new = statuses.failed(run.status, failure, generation=tenant.generation)
+                new = statuses.failed(
+                    run.status,
+                    failure,
+                    generation=tenant.generation,
+                    mongo=tenant.spec.mongo.enabled,
+                )
                 await self._report(run, failure, new)
                 raise ReconcileFailed(failure) from None
             finally:
@@ -186,35 +237,51 @@ class Reconciler:
 
     def server_of(self, tenant: Tenant) -> ServerRef:
         """Where the tenant lives: as first provisioned; the spec may not move it."""
-        wanted = tenant.spec.postgres.server_secret_ref
-        recorded = tenant.status.server
-        if wanted is not None:
-            chosen = ServerRef(
-                secret_namespace=tenant.ref.namespace,
-                secret_name=wanted.name,
-                secret_key=wanted.key,
-            )
-            if recorded is not None and recorded != chosen:
-                raise InvalidTenant(
-                    "spec.postgres.serverSecretRef is immutable: the tenant lives on the server "
-                    f"of Secret {recorded.secret_namespace}/{recorded.secret_name}"
-                )
-            return chosen
-        if recorded is not None:
-            return recorded
-        default = self.settings.default_server
-        if default.name is None:
+        chosen = _choose_server(
+            tenant.ref.namespace,
+            tenant.spec.postgres.server_secret_ref,
+            tenant.status.server,
+            "spec.postgres.serverSecretRef",
+        ) or _default_server(self.settings.default_server, self.settings.default_server_namespace)
+        if chosen is None:
             raise NoServer(
                 "no PostgreSQL server: set spec.postgres.serverSecretRef, or the operator's "
                 f"{operator_env_name('default_server', 'name')}"
             )
-        return ServerRef(
-            secret_namespace=self.settings.default_server_namespace,
-            secret_name=default.name,
-            secret_key=default.key,
-        )
+        return chosen
 
-    async def admin_url(self, server: ServerRef) -> str:
+    def mongo_server_of(self, tenant: Tenant) -> ServerRef:
+        """The tenant's MongoDB server: as first provisioned while mongo stays enabled."""
+        recorded = tenant.status.mongo.server if tenant.status.mongo else None
+        chosen = _choose_server(
+            tenant.ref.namespace,
+            tenant.spec.mongo.server_secret_ref,
+            recorded,
+            "spec.mongo.serverSecretRef (while spec.mongo.enabled)",
+        ) or _default_server(
+            self.settings.default_mongo_server, self.settings.default_mongo_server_namespace
+        )
+        if chosen is None:
+            raise NoMongoServer(
+                "spec.mongo.enabled but no MongoDB server: set spec.mongo.serverSecretRef, or "
+                f"the operator's {operator_env_name('default_mongo_server', 'name')}"
+            )
+        return chosen
+
+    @staticmethod
+    def mongo_names_of(tenant: Tenant) -> MongoNames:
+        """The tenant's MongoDB user and database; the database may not move while enabled."""
+        names = mongo_names(tenant.ref.slug, tenant.spec.mongo.database)
+        recorded = tenant.status.mongo
+        if recorded is not None and recorded.database != names.database:
+            raise InvalidTenant(
+                f"spec.mongo.database cannot change while spec.mongo.enabled: the tenant's "
+                f"documents are in {recorded.database} (disable mongo first; deletionPolicy "
+                "decides what happens to them)"
+            )
+        return names
+
+    async def _server_secret(self, server: ServerRef) -> str:
         value = await self.kube.secret_value(
             server.secret_namespace, server.secret_name, server.secret_key
         )
@@ -223,6 +290,20 @@ class Reconciler:
                 f"Secret {server.secret_namespace}/{server.secret_name} or its key "
                 f"{server.secret_key!r} is missing"
             )
+        return value
+
+    async def mongo_admin_url(self, server: ServerRef) -> str:
+        value = await self._server_secret(server)
+        try:
+            return check_mongo_url(value)
+        except InvalidMongoUrl:
+            raise InvalidMongoUrl(
+                f"Secret {server.secret_namespace}/{server.secret_name} key "
+                f"{server.secret_key!r} does not hold a MongoDB URL"
+            ) from None
+
+    async def admin_url(self, server: ServerRef) -> str:
+        value = await self._server_secret(server)
         try:
             parsed = make_url(value)
             parsed.port  # noqa: B018 - a bad port raises only when read
@@ -233,16 +314,18 @@ class Reconciler:
             ) from None
         return value
 
-    async def _password(self, run: _Run, names: TenantNames, *, rotating: bool) -> _Password:
-        """The tenant's Secret's password, else the registry entry's, else a new one."""
+    async def _password(
+        self, run: _Run, *, rotating: bool, key: str, recover: Recover
+    ) -> _Password:
+        """The tenant's Secret's `key`, else the registry entry's password, else a new one."""
         ref = run.tenant.ref
         if rotating:
             return _Password(new_password(), is_new=True)
         current = await self.kube.credentials(ref, credentials_secret_name(ref.slug))
-        if current and current.get("password"):
-            return _Password(current["password"], is_new=False)
+        if current and current.get(key):
+            return _Password(current[key], is_new=False)
         registered = await self.registries.of(ref.namespace).value(ref.slug)
-        recovered = registered_password(registered, names)
+        recovered = recover(registered)
         if recovered:
             return _Password(recovered, is_new=False)
         return _Password(new_password(), is_new=True)
@@ -256,7 +339,9 @@ class Reconciler:
         run.keep_secret(admin_url, make_url(admin_url).password)
         names = tenant_names(ref.slug)
         if run.status.server is None:
-            first = statuses.provisioning(run.status, server, generation=tenant.generation)
+            first = statuses.provisioning(
+                run.status, server, generation=tenant.generation, mongo=tenant.spec.mongo.enabled
+            )
             await self._write_status(run, first)
         await self._done(run, Step.SERVER)
 
@@ -267,7 +352,12 @@ class Reconciler:
             and tenant.rotation_request != tenant.status.credentials_rotation
             and tenant.status.credentials_secret is not None
         )
-        password = await self._password(run, names, rotating=rotating)
+        password = await self._password(
+            run,
+            rotating=rotating,
+            key="password",
+            recover=lambda entry: registered_password(entry, names),
+        )
         run.keep_secret(password.value)
         desired = DesiredTenant(
             slug=ref.slug,
@@ -285,19 +375,23 @@ class Reconciler:
             revision = await upgrade_tenant(registry_entry(tenant, provisioned.database_url, None))
         await self._done(run, Step.MIGRATIONS)
 
+        run.step = Step.MONGO
+        mongo = await self._mongo(run, rotating=rotating)
+        await self._done(run, Step.MONGO)
+
         run.step = Step.CREDENTIALS
-        data = credentials_data(admin_url, names, password.value)
+        data = credentials_data(admin_url, names, password.value, mongo)
         secret_written = await self.kube.write_credentials(
             ref, credentials_secret_name(ref.slug), data
         )
         await self._done(run, Step.CREDENTIALS)
 
         run.step = Step.REGISTRY
-        entry = registry_entry(tenant, provisioned.database_url, revision)
+        entry = registry_entry(tenant, provisioned.database_url, revision, mongo)
         registered = await self.registries.of(ref.namespace).put(entry)
         await self._done(run, Step.REGISTRY)
 
-        changes: list[AnyChange] = list(provisioned.changes)
+        changes: list[AnyChange] = [*provisioned.changes, *(mongo.changes if mongo else ())]
         changes += [SecretChange.CREDENTIALS_SECRET] if secret_written else []
         changes += [SecretChange.REGISTRY_ENTRY] if registered else []
         done = statuses.Provisioned(
@@ -307,12 +401,72 @@ class Reconciler:
             server=server,
             rotation=tenant.rotation_request,
             suspended=tenant.spec.suspended,
+            mongo=run.status.mongo,
         )
         await self._write_status(
             run, statuses.ready(run.status, done, generation=tenant.generation)
         )
         await self._announce(tenant, handler, changes, revision=revision, rotated=rotating)
         return tuple(changes)
+
+    async def _mongo(self, run: _Run, *, rotating: bool) -> MongoProvisioned | None:
+        """The tenant's MongoDB user, ensured; None (after cleaning up) when mongo is off."""
+        tenant = run.tenant
+        if not tenant.spec.mongo.enabled:
+            await self._mongo_disabled(run)
+            return None
+        server, names = self.mongo_server_of(tenant), self.mongo_names_of(tenant)
+        admin_url = await self.mongo_admin_url(server)
+        run.keep_secret(*_url_secrets(admin_url))
+        password = await self._password(
+            run,
+            rotating=rotating,
+            key="mongo_password",
+            recover=lambda entry: registered_mongo_password(entry, names),
+        )
+        run.keep_secret(password.value)
+        recorded = MongoStatus(server=server, database=names.database, user=names.user)
+        await self._write_status(run, statuses.with_mongo(run.status, recorded))
+        desired = DesiredMongoUser(names, password.value, Owner.tenant_resource(tenant.ref.uid))
+        async with self._slots:
+            # A new password is set even on an existing user: nobody else knows it.
+            return await ensure_mongo_user(admin_url, desired, rotate=password.is_new)
+
+    async def _mongo_disabled(self, run: _Run) -> None:
+        """Mongo turned off: release what was provisioned (as the deletionPolicy says)."""
+        tenant, recorded = run.tenant, run.status.mongo
+        if recorded is None:
+            return
+        if tenant.skips_cleanup:
+            kept = (
+                f"MongoDB user {recorded.user} and database {recorded.database} left (skip-cleanup)"
+            )
+            reason, message, warning = "CleanupSkipped", kept, True
+        else:
+            reason, message, warning = await self._release_mongo(run, recorded)
+        await self._mongo_released(tenant, reason, message, warning=warning)
+        await self._write_status(run, statuses.with_mongo(run.status, None))
+
+    async def _release_mongo(self, run: _Run, recorded: MongoStatus) -> tuple[str, str, bool]:
+        """Drop the user and, under deletionPolicy Delete, the database: (reason, message,
+        warning). What cannot be dropped is kept and said (retrying would not help)."""
+        names = MongoNames(user=recorded.user, database=recorded.database)
+        keep_data = run.tenant.spec.deletion_policy is DeletionPolicy.RETAIN
+        run.step = Step.MONGO
+        try:
+            admin_url = await self.mongo_admin_url(recorded.server)
+        except (ServerSecretMissing, InvalidMongoUrl) as exc:
+            kept = f"{exc}; MongoDB user {names.user} and database {names.database} kept"
+            return "MongoNotDropped", kept, True
+        run.keep_secret(*_url_secrets(admin_url))
+        owner = Owner.tenant_resource(run.tenant.ref.uid)
+        try:
+            dropped = await drop_mongo(admin_url, names, owner, drop_database=not keep_data)
+        except OwnershipConflict as exc:
+            return "MongoNotDropped", f"{exc}; left to its owner", True
+        what = " and ".join(dropped) or "nothing (already gone)"
+        kept = f"; database {names.database} kept (deletionPolicy Retain)" if keep_data else ""
+        return "MongoDropped", f"dropped {what}{kept}", False
 
     async def _announce(
         self,
@@ -334,8 +488,9 @@ class Reconciler:
             await self.kube.event(ref, "Migrated", message, warning=False)
         if rotated:
             expected.update({Change.PASSWORD_ROTATED, SecretChange.CREDENTIALS_SECRET})
-            expected.add(SecretChange.REGISTRY_ENTRY)
-            message = "new password set on the role and in both Secrets"
+            expected.update({MongoChange.MONGO_PASSWORD_ROTATED, SecretChange.REGISTRY_ENTRY})
+            mongo_user = " and the MongoDB user" if tenant.spec.mongo.enabled else ""
+            message = f"new passwords set on the role{mongo_user} and in both Secrets"
             log.info("tenant_credentials_rotated", tenant=ref.name, namespace=ref.namespace)
             await self.kube.event(ref, "CredentialsRotated", message, warning=False)
         was_ready = tenant.status.phase is Phase.READY
@@ -389,9 +544,13 @@ class Reconciler:
         names = tenant_names(ref.slug)
         server = tenant.status.server
         if tenant.skips_cleanup:
-            kept = f"database and role {names.database} left as they are (skip-cleanup)"
+            mongo = " and its MongoDB user and database" if tenant.status.mongo else ""
+            kept = f"database and role {names.database}{mongo} left as they are (skip-cleanup)"
             await self._released(tenant, "CleanupSkipped", kept, warning=True)
             return
+        if tenant.status.mongo is not None:
+            reason, message, warning = await self._release_mongo(run, tenant.status.mongo)
+            await self._mongo_released(tenant, reason, message, warning=warning)
         if server is None:
             await self._released(tenant, "Deleted", "nothing had been provisioned", warning=False)
             return
@@ -416,6 +575,19 @@ class Reconciler:
             return
         what = " and ".join(dropped) or "nothing (already gone)"
         await self._released(tenant, "Dropped", f"dropped {what} from {where}", warning=False)
+
+    async def _mongo_released(
+        self, tenant: Tenant, reason: str, message: str, *, warning: bool
+    ) -> None:
+        ref = tenant.ref
+        log.info(
+            "tenant_mongo_released",
+            tenant=ref.name,
+            namespace=ref.namespace,
+            outcome=reason,
+            detail=message,
+        )
+        await self.kube.event(ref, reason, message, warning=warning)
 
     async def _released(self, tenant: Tenant, reason: str, message: str, *, warning: bool) -> None:
         ref = tenant.ref

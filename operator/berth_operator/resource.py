@@ -12,10 +12,25 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic.alias_generators import to_camel
 
 from service.core.tenancy import TENANT_SLUG_HELP, TENANT_SLUG_PATTERN
+from service.tenants.mongo_users import (
+    DATABASE_PATTERN,
+    DATABASE_PREFIX,
+    MAX_DATABASE_LENGTH,
+    SYSTEM_DATABASES,
+    USER_PREFIX,
+    check_database_name,
+)
 
 GROUP = "berth.dev"
 VERSION = "v1alpha1"
@@ -67,7 +82,7 @@ class SecretKeyRef(_Schema):
         description="Name of the Secret, in the Tenant's namespace."
     )
     key: Annotated[str, StringConstraints(pattern=SECRET_KEY_PATTERN, max_length=253)] = Field(
-        default="url", description="Key holding the admin URL (postgresql://user:pass@host/db)."
+        default="url", description="Key holding the server's admin URL."
     )
 
 
@@ -90,6 +105,51 @@ class PostgresSpec(_Schema):
     )
 
 
+_SYSTEM_LIST = ", ".join(f"'{name}'" for name in SYSTEM_DATABASES)
+MONGO_DATABASE_RULE = f"!(self in [{_SYSTEM_LIST}])"
+MONGO_DATABASE_MESSAGE = (
+    f"spec.mongo.database may not be a MongoDB system database ({', '.join(SYSTEM_DATABASES)})"
+)
+MongoDatabaseName = Annotated[
+    str,
+    StringConstraints(pattern=DATABASE_PATTERN, max_length=MAX_DATABASE_LENGTH),
+    AfterValidator(check_database_name),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": MONGO_DATABASE_RULE, "message": MONGO_DATABASE_MESSAGE}
+            ]
+        }
+    ),
+]
+
+
+class MongoSpec(_Schema):
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Give the tenant its own MongoDB database and a user that can reach only it "
+            "(readWrite); off: no MongoDB keys in its registry entry and Secret."
+        ),
+    )
+    server_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Admin URL of the MongoDB server (mongodb://user:pass@host/?authSource=admin; a "
+            "user that may create users and drop databases, e.g. root). Absent: the "
+            "operator's default MongoDB server. Fixed while enabled."
+        ),
+    )
+    database: MongoDatabaseName | None = Field(
+        default=None,
+        description=(
+            f"The tenant's MongoDB database (letters, digits, '_' and '-'; not admin, local "
+            f"or config). Absent: {DATABASE_PREFIX}<slug>. Fixed while enabled. The user is "
+            f"{USER_PREFIX}<slug>, defined in this database."
+        ),
+    )
+
+
 class TenantSpec(_Schema):
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.RETAIN,
@@ -103,6 +163,9 @@ class TenantSpec(_Schema):
     )
     postgres: PostgresSpec = Field(
         default_factory=PostgresSpec, description="The tenant's PostgreSQL database."
+    )
+    mongo: MongoSpec = Field(
+        default_factory=MongoSpec, description="The tenant's MongoDB database (off by default)."
     )
 
 
@@ -125,6 +188,8 @@ class ConditionType(StrEnum):
     DATABASE_READY = "DatabaseReady"
     CREDENTIALS_READY = "CredentialsReady"
     MIGRATED = "Migrated"
+    # Present only while spec.mongo.enabled (or its cleanup after disabling fails).
+    MONGO_READY = "MongoReady"
     READY = "Ready"
 
 
@@ -151,6 +216,15 @@ class ServerRef(_Report):
     secret_key: str
 
 
+class MongoStatus(_Report):
+    """The tenant's MongoDB user and database as provisioned; cleared once mongo is off and
+    cleaned up (the spec may not move them while it is on)."""
+
+    server: ServerRef
+    database: str = Field(description="MongoDB database, the user's authSource.")
+    user: str = Field(description="MongoDB user (readWrite on its database only).")
+
+
 class TenantStatus(_Report):
     phase: Phase | None = None
     observed_generation: int | None = None
@@ -158,6 +232,7 @@ class TenantStatus(_Report):
     schema_version: str | None = Field(default=None, description="Tenant schema revision.")
     credentials_secret: str | None = Field(default=None, description="Secret with the URL.")
     server: ServerRef | None = None
+    mongo: MongoStatus | None = None
     credentials_rotation: str | None = Field(
         default=None, description=f"Last {ROTATE_ANNOTATION} value applied."
     )

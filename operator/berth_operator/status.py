@@ -8,7 +8,7 @@ tested without a cluster.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,6 +16,7 @@ from berth_operator.resource import (
     Condition,
     ConditionStatus,
     ConditionType,
+    MongoStatus,
     Phase,
     ServerRef,
     TenantStatus,
@@ -28,6 +29,7 @@ class Step(StrEnum):
     SERVER = "server"
     DATABASE = "database"
     MIGRATIONS = "migrations"
+    MONGO = "mongo"
     CREDENTIALS = "credentials"
     REGISTRY = "registry"
 
@@ -36,6 +38,7 @@ CONDITION_OF = {
     Step.SERVER: ConditionType.DATABASE_READY,
     Step.DATABASE: ConditionType.DATABASE_READY,
     Step.MIGRATIONS: ConditionType.MIGRATED,
+    Step.MONGO: ConditionType.MONGO_READY,
     Step.CREDENTIALS: ConditionType.CREDENTIALS_READY,
     Step.REGISTRY: ConditionType.READY,
 }
@@ -43,9 +46,16 @@ CONDITION_OF = {
 CONDITION_ORDER = (
     ConditionType.DATABASE_READY,
     ConditionType.MIGRATED,
+    ConditionType.MONGO_READY,
     ConditionType.CREDENTIALS_READY,
     ConditionType.READY,
 )
+# Conditions a Tenant has only when it asks for what they report.
+_OPTIONAL = frozenset({ConditionType.MONGO_READY})
+
+
+def _not_asked(*, mongo: bool) -> frozenset[ConditionType]:
+    return frozenset() if mongo else _OPTIONAL
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class Provisioned:
     server: ServerRef
     rotation: str | None
     suspended: bool
+    mongo: MongoStatus | None = None
 
 
 def now_rfc3339() -> str:
@@ -87,8 +98,9 @@ def _merge(
     *,
     generation: int,
     now: str,
+    drop: Collection[ConditionType] = (),
 ) -> list[Condition]:
-    by_type = {condition.type: condition for condition in previous}
+    by_type = {condition.type: condition for condition in previous if condition.type not in drop}
     for kind, (status, reason, message) in updates.items():
         old = by_type.get(kind)
         moved = old is None or old.status is not status
@@ -103,10 +115,13 @@ def _merge(
     return [by_type[kind] for kind in CONDITION_ORDER if kind in by_type]
 
 
-def provisioning(previous: TenantStatus, server: ServerRef, *, generation: int) -> TenantStatus:
+def provisioning(
+    previous: TenantStatus, server: ServerRef, *, generation: int, mongo: bool = False
+) -> TenantStatus:
     """The first status of a new Tenant: where it will live, nothing known yet."""
     unknown = (ConditionStatus.UNKNOWN, "Provisioning", "")
-    updates = dict.fromkeys(CONDITION_ORDER, unknown)
+    asked = [kind for kind in CONDITION_ORDER if kind not in _not_asked(mongo=mongo)]
+    updates = dict.fromkeys(asked, unknown)
     return previous.model_copy(
         update={
             "phase": Phase.PROVISIONING,
@@ -116,6 +131,12 @@ def provisioning(previous: TenantStatus, server: ServerRef, *, generation: int) 
             ),
         }
     )
+
+
+def with_mongo(previous: TenantStatus, mongo: MongoStatus | None) -> TenantStatus:
+    """Record where the tenant's MongoDB user is before creating it (so a crash or a delete
+    before the end still knows what to clean up), or forget it once cleaned up."""
+    return previous.model_copy(update={"mongo": mongo})
 
 
 def ready(previous: TenantStatus, done: Provisioned, *, generation: int) -> TenantStatus:
@@ -134,6 +155,19 @@ def ready(previous: TenantStatus, done: Provisioned, *, generation: int) -> Tena
             ConditionStatus.TRUE, shown, f"tenant {served}",
         ),
     }  # fmt: skip
+    if done.mongo is not None:
+        updates[ConditionType.MONGO_READY] = (
+            ConditionStatus.TRUE,
+            "Provisioned",
+            f"user {done.mongo.user} (readWrite on {done.mongo.database} only)",
+        )
+    conditions = _merge(
+        previous.conditions,
+        updates,
+        generation=generation,
+        now=now_rfc3339(),
+        drop=_not_asked(mongo=done.mongo is not None),
+    )
     return TenantStatus(
         phase=Phase.READY,
         observed_generation=generation,
@@ -141,19 +175,25 @@ def ready(previous: TenantStatus, done: Provisioned, *, generation: int) -> Tena
         schema_version=done.schema_version,
         credentials_secret=done.credentials_secret,
         server=done.server,
+        mongo=done.mongo,
         credentials_rotation=done.rotation,
-        conditions=_merge(previous.conditions, updates, generation=generation, now=now_rfc3339()),
+        conditions=conditions,
     )
 
 
-def failed(previous: TenantStatus, failure: Failure, *, generation: int) -> TenantStatus:
-    """The step that failed says why; the steps before it held; Ready is False."""
+def failed(
+    previous: TenantStatus, failure: Failure, *, generation: int, mongo: bool = False
+) -> TenantStatus:
+    """The step that failed says why; the steps before it held; Ready is False. `mongo`:
+    whether the Tenant asks for MongoDB (else its step did nothing: no condition for it)."""
     steps = list(Step)
     failing = CONDITION_OF[failure.step]
     status = ConditionStatus.FALSE
     updates: dict[ConditionType, tuple[ConditionStatus, str, str]] = {}
     for step in steps[: steps.index(failure.step)]:
         kind = CONDITION_OF[step]
+        if kind in _not_asked(mongo=mongo):
+            continue
         held = next((c for c in previous.conditions if c.type is kind), None)
         if held is None or held.status is not ConditionStatus.TRUE:
             updates[kind] = (ConditionStatus.TRUE, "Done", "")

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter
 
+from service.core.metrics import children_by
+
 # prometheus_client adds `_total` to counters; this is the name as scraped.
 ARTICLE_WRITES = "berth_article_writes_total"
 
@@ -25,8 +27,7 @@ class ArticleMetrics:
             ("operation",),
             registry=registry,
         )
-        self._writes = {operation: writes.labels(operation=operation.value)
-                        for operation in ArticleOperation}  # fmt: skip
+        self._writes = children_by(writes, "operation", ArticleOperation)
 
     def committed(self, operation: ArticleOperation) -> Callable[[], Awaitable[None]]:
         """An `after_commit` hook counting one write: a rolled-back write is not counted."""

@@ -27,11 +27,10 @@ from service.articles.schemas import (
 from service.core.errors import Conflict, Forbidden, NotFound, PreconditionFailed
 from service.core.pagination import CursorSigner, keyset_page
 from service.db.engine import after_commit
-from service.identity.principal import Role
+from service.identity.principal import TENANT_WIDE_ROLES, Role
 from service.tenants.service import TenantScope
 
 ARTICLE_NOT_FOUND = "Article not found"
-EDITORS = frozenset({Role.OWNER, Role.ADMIN, Role.PLATFORM_ADMIN})
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -41,7 +40,7 @@ class Actor:
     role: Role
 
     def may_edit(self, article: Article) -> bool:
-        return self.role in EDITORS or article.author_id == self.user_id
+        return self.role in TENANT_WIDE_ROLES or article.author_id == self.user_id
 
 
 def slugify(title: str, max_length: int = 120) -> str:

@@ -203,6 +203,56 @@ class CacheSettings(BaseModel):
     article_ttl_seconds: int = Field(default=60, ge=1, le=86_400)
 
 
+class MongoSettings(BaseModel):
+    """The MongoDB server tenant documents live on (submissions).
+
+    A tenant's registry entry may carry its own `mongo_url` (the operator's least-privilege
+    user); a tenant without one uses `url` with the database `<database_prefix><slug>`
+    (laptop, tests, a shared dev server). Unset: the submissions endpoints answer 503 and
+    readiness reports MongoDB as not configured.
+    """
+
+    url: SecretStr | None = None
+    database_prefix: str = Field(default="berth_", max_length=32, pattern=r"^[A-Za-z0-9_]*$")
+    # Per tenant client: the bounded LRU keeps at most `client_cache_size` clients, each with
+    # at most `pool_size` connections (the connection budget, as for PostgreSQL).
+    client_cache_size: int = Field(default=32, ge=1)
+    pool_size: int = Field(default=5, ge=1, le=100)
+    client_idle_seconds: float = Field(default=300.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Server selection and each operation: an unreachable server is a 503 in this time.
+    timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class SubmissionSettings(BaseModel):
+    """Customs-style declarations and the worker that processes them (service/submissions)."""
+
+    enabled: bool = True
+    worker_enabled: bool = True
+    # Submissions one replica processes at once.
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
+    # An idle worker looks for work this often (a POST on this replica wakes it at once).
+    poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # A claim is held this long; a worker that dies lets it expire back to the queue.
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    backoff_base_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=60.0, gt=0)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60, le=7 * 86_400)
+    stats_window_days: int = Field(default=30, ge=1, le=366)
+    # Duty estimate: a rate per ISO 3166 origin country, `default_duty_rate` for the rest.
+    duty_rates: dict[str, float] = Field(default_factory=dict)
+    default_duty_rate: float = Field(default=0.05, ge=0, le=10)
+
+    @field_validator("duty_rates")
+    @classmethod
+    def _rates_in_range(cls, rates: dict[str, float]) -> dict[str, float]:
+        bad = sorted(code for code, rate in rates.items() if not 0 <= rate <= 10)
+        if bad:
+            raise ValueError(f"duty rates must be within 0..10 (bad: {', '.join(bad)})")
+        return {code.upper(): rate for code, rate in rates.items()}
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["json", "console", "auto"]
 
@@ -256,6 +306,8 @@ class Settings(BaseSettings):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    mongo: MongoSettings = Field(default_factory=MongoSettings)
+    submissions: SubmissionSettings = Field(default_factory=SubmissionSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
@@ -313,6 +365,11 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append(
             f"{env_name('redis', 'url')}: Redis is required in production "
             "(rate limits, revocations and cache must be shared by all replicas)"
+        )
+    if settings.submissions.enabled and settings.mongo.url is None:
+        problems.append(
+            f"{env_name('mongo', 'url')}: submissions are enabled and need MongoDB (set it, or "
+            f"{env_name('submissions', 'enabled')}=false)"
         )
     return problems
 

@@ -36,6 +36,8 @@ REQUEST_ID = "request_id"
 TRACE_ID = "trace_id"
 SPAN_ID = "span_id"
 TENANT = "tenant"
+# The submission a line is about (the worker's lines and the submissions routes').
+SUBMISSION_ID = "submission_id"
 # The access log line's own fields (service/core/middleware.py, AccessLogMiddleware).
 METHOD = "method"
 ROUTE = "route"
@@ -53,7 +55,7 @@ ACCESS_LOG_FIELDS = (METHOD, ROUTE, PATH, STATUS, DURATION_MS, RESPONSE_BYTES, C
 # structured metadata, indexed per line without making streams. The rest (route, status,
 # path, client, ...) stays in the line, where a query's `| json` reads it.
 LOW_CARDINALITY_FIELDS = (LEVEL,)
-STRUCTURED_METADATA_FIELDS = (REQUEST_ID, TRACE_ID, SPAN_ID, TENANT)
+STRUCTURED_METADATA_FIELDS = (REQUEST_ID, TRACE_ID, SPAN_ID, TENANT, SUBMISSION_ID)
 LOG_FIELDS = (*LINE_FIELDS, *STRUCTURED_METADATA_FIELDS, *ACCESS_LOG_FIELDS)
 
 REDACTED = "[redacted]"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
 from timeit import default_timer
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
@@ -99,6 +99,17 @@ class CacheLookups:
 
     hit: Counter
     miss: Counter
+
+
+LabelValue = TypeVar("LabelValue", bound=StrEnum)
+
+
+def children_by(
+    counter: Counter, label: str, values: type[LabelValue]
+) -> dict[LabelValue, Counter]:
+    """One child of `counter` per value of `values` under `label`, resolved once: every series
+    exists from the start at 0, and counting costs no label lookup."""
+    return {value: counter.labels(**{label: value.value}) for value in values}
 
 
 def is_multiprocess() -> bool:

@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-CheckStatus = Literal["ok", "down"]
+# "not_configured": an optional dependency this deployment does without (never a failure).
+CheckStatus = Literal["ok", "down", "not_configured"]
 ReadinessStatus = Literal["ok", "degraded", "down"]
 
 

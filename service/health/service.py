@@ -24,10 +24,15 @@ from service.health.schemas import CheckReport, ReadinessStatus, ReadyResponse
 class Check:
     name: str
     required: bool
-    run: Callable[[], Awaitable[None]]
+    # None: not configured here, reported as such and never run.
+    run: Callable[[], Awaitable[None]] | None
 
 
 async def _run_check(check: Check, timeout_seconds: float) -> CheckReport:
+    if check.run is None:
+        return CheckReport(
+            name=check.name, status="not_configured", required=check.required, latency_ms=0
+        )
     started = time.perf_counter()
     error: str | None = None
     try:
@@ -101,16 +106,26 @@ class ReadinessProbe:
         if self.ready is None:
             return
         for report in reports:
-            self.ready.labels(dependency=report.name).set(1 if report.status == "ok" else 0)
+            if report.status != "not_configured":
+                self.ready.labels(dependency=report.name).set(1 if report.status == "ok" else 0)
 
 
 def build_probe(
-    settings: Settings, database: Database, store: KeyValueStore, *, ready: Gauge | None = None
+    settings: Settings,
+    database: Database,
+    store: KeyValueStore,
+    *,
+    mongo_ping: Callable[[], Awaitable[None]],
+    ready: Gauge | None = None,
 ) -> ReadinessProbe:
-    """Database always required; Redis when configured (optional if `redis.required` is off)."""
+    """Database always required; Redis when configured (optional if `redis.required` is off);
+    MongoDB optional (an outage stops submissions, not the rest), reported as not configured
+    without `BERTH_MONGO__URL`."""
     checks = [Check("database", True, database.ping)]
     if settings.redis.url is not None:
         checks.append(Check("redis", settings.redis.is_required, store.ping))
+    if settings.submissions.enabled:
+        checks.append(Check("mongo", False, mongo_ping if settings.mongo.url else None))
     return ReadinessProbe(
         checks,
         timeout_seconds=settings.observability.readiness_timeout_seconds,

@@ -9,6 +9,8 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter
 
+from service.core.metrics import children_by
+
 # prometheus_client adds `_total` to counters; these are the names as scraped.
 LOGINS = "berth_logins_total"
 TOKEN_REFRESHES = "berth_token_refreshes_total"  # noqa: S105 (a metric name)
@@ -45,10 +47,8 @@ class IdentityMetrics:
             registry=registry,
         )
         # Children resolved once; every series exists from the start, at 0.
-        self.logins = {outcome: logins.labels(outcome=outcome.value) for outcome in LoginOutcome}
-        self.refreshes = {
-            outcome: refreshes.labels(outcome=outcome.value) for outcome in RefreshOutcome
-        }
+        self.logins = children_by(logins, "outcome", LoginOutcome)
+        self.refreshes = children_by(refreshes, "outcome", RefreshOutcome)
         self.refresh_token_reuse = Counter(
             REFRESH_TOKEN_REUSE.removesuffix("_total"),
             "Used refresh tokens presented again (a copied token): each revoked its family.",

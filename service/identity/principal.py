@@ -16,6 +16,9 @@ class Role(StrEnum):
 
 
 ROLE_VALUES = tuple(role.value for role in Role)
+# Who acts on all of a tenant's content (edits every article, sees every submission); a
+# member acts on their own only.
+TENANT_WIDE_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.PLATFORM_ADMIN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,11 @@ class Principal:
     @property
     def is_platform_admin(self) -> bool:
         return self.role is Role.PLATFORM_ADMIN
+
+    @property
+    def sees_all_of_tenant(self) -> bool:
+        """Whether the principal acts on everyone's content in the tenant, not just its own."""
+        return self.role in TENANT_WIDE_ROLES
 
     def can_see_tenant(self, tenant_slug: str | None) -> bool:
         """Platform admins see every tenant; everyone else only their own."""

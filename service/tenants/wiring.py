@@ -1,4 +1,5 @@
-"""The tenants part of the app's container: the registry, its watcher and the engine cache."""
+"""The tenants part of the app's container: the registry, its watcher, the engine cache and
+the document-database cache."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from service.core.config import Settings
 from service.core.slots import AppSlot
+from service.tenants.documents import TenantDocuments
 from service.tenants.engines import TenantEngines
 from service.tenants.metrics import TenantMetrics
 from service.tenants.registry import TenantRegistry
@@ -20,6 +22,7 @@ class Tenancy:
 
     registry: TenantRegistry
     engines: TenantEngines
+    documents: TenantDocuments
     poll_seconds: float
     metrics: TenantMetrics
 
@@ -34,6 +37,7 @@ class Tenancy:
     async def close(self) -> None:
         await self.registry.close()  # first: no poll may touch the engines while they close
         await self.engines.close()
+        await self.documents.close()
 
 
 def build_tenancy(settings: Settings, metrics_registry: CollectorRegistry) -> Tenancy:
@@ -41,6 +45,9 @@ def build_tenancy(settings: Settings, metrics_registry: CollectorRegistry) -> Te
     return Tenancy(
         registry=TenantRegistry(settings.tenants.registry_dir, metrics),
         engines=TenantEngines(settings.tenants, settings.database, metrics=metrics),
+        documents=TenantDocuments(
+            settings.mongo, wait_seconds=settings.tenants.engine_wait_seconds
+        ),
         poll_seconds=settings.tenants.registry_poll_seconds,
         metrics=metrics,
     )

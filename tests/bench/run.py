@@ -12,8 +12,11 @@ the reported figure per target is the median over rounds. Results are printed as
 written to `bench-results/latest.json`. The exit code is 0 whether or not a ratio target is
 met: this is a measurement, not a test; a missed target is printed as MISSED.
 
-Targets c-h run on a throwaway PostgreSQL control plane and tenant (tests/bench/tenant.py),
-created at the start of the run and dropped at the end. `--baseline TREE` adds, for each berth
+Targets c-h, s and t run on a throwaway PostgreSQL control plane and tenant
+(tests/bench/tenant.py), created at the start of the run and dropped at the end; s and t also
+on a throwaway secantusdb (tests/bench/submissions.py, `:memory:`, a free port): s POSTs a
+10-item JSON declaration (worker off), t reads the stats of a tenant database holding 5,000
+processed submissions. `--baseline TREE` adds, for each berth
 target that is not a stall check, a twin served from another checkout of berth (its own
 `.venv`, e.g. the last commit in a git worktree) on the same fixture, interleaved in the same
 rounds, and prints each target over its twin: a before/after measured side by side.
@@ -48,7 +51,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from tests.bench.submissions import (
+    STATS,
+    SUBMISSIONS,
+    BenchMongo,
+    MongoSetupError,
+    bench_mongo,
+    declaration_body,
+    wrk_script,
+)
 from tests.bench.tenant import ARTICLE_SLUG, BenchTenant, TenantSetupError, bench_tenant
+from tests.support import stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_PATH = REPO_ROOT / "bench-results" / "latest.json"
@@ -89,11 +102,17 @@ class ServerContext:
     port: int
     workdir: Path  # a fresh temp dir per server; removed at the end
     tenant: BenchTenant | None  # the PostgreSQL fixture, for servers with `needs_tenant`
+    mongo: BenchMongo | None = None  # the secantusdb fixture, for servers with `needs_mongo`
 
     def require_tenant(self) -> BenchTenant:
         if self.tenant is None:
             raise BenchError("this server needs the PostgreSQL fixture (needs_tenant=True)")
         return self.tenant
+
+    def require_mongo(self) -> BenchMongo:
+        if self.mongo is None:
+            raise BenchError("this server needs the MongoDB fixture (needs_mongo=True)")
+        return self.mongo
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,7 @@ class Server:
     # server sends (a bearer token). May seed rows or prime a cache.
     prepare: Callable[[str, ServerContext], Mapping[str, str]] | None = None
     needs_tenant: bool = False  # a PostgreSQL control plane, tenant and owner (tenant.py)
+    needs_mongo: bool = False  # a secantusdb for the tenant's documents (submissions.py)
 
 
 @dataclass(frozen=True)
@@ -115,7 +135,13 @@ class Target:
     path: str
     headers: Mapping[str, str] = field(default_factory=dict)
     expect_status: int = 200
+    method: str = "GET"
+    body: bytes | None = None  # sent with every request (a wrk Lua script sets it)
     connections: int | None = None  # overrides --connections (the 256-connection checks)
+    # wrk's own per-request timeout (2 s by default: a slower answer is a socket timeout)
+    # and a floor under --duration, for a target that answers in seconds (t).
+    wrk_timeout: float | None = None
+    min_duration: float | None = None
     # A stall check: any non-2xx answer (a pool timeout is a 503) or socket error (wrk gives
     # up on a request after 2 s) in any round is a failure of the target's goal.
     must_not_stall: bool = False
@@ -206,6 +232,59 @@ def berth_postgres(name: str, *, cache: bool) -> Server:
     return Server(name, build, BERTH_READY_PATH, prepare=prepare, needs_tenant=True)
 
 
+# The submissions servers raise two rate limits, and only those: the 5,000-submission seed and
+# target s write far beyond 120/minute, and their logins come after the article servers'
+# (5/minute per account, counted in the shared Redis).
+SUBMISSION_LIMITS = {
+    "BERTH_RATE_LIMITS__WRITES_PER_PRINCIPAL": "100000000/hour",
+    "BERTH_RATE_LIMITS__LOGIN_PER_ACCOUNT": "1000/minute",
+}
+
+
+def berth_mongo(
+    name: str,
+    *,
+    database_prefix: str,
+    worker: bool,
+    seed: bool,
+    extra_env: Mapping[str, str] | None = None,
+) -> Server:
+    """berth on the PostgreSQL fixture with the tenant's documents on the MongoDB fixture, in
+    databases `<database_prefix><slug>` of their own; logged in once ready, and with `seed`,
+    first of all filling the tenant's database (5,000 submissions, through the API)."""
+
+    def build(ctx: ServerContext) -> ServerSpec:
+        env = {
+            **ctx.require_tenant().env,
+            "BERTH_MONGO__URL": ctx.require_mongo().url,
+            "BERTH_MONGO__DATABASE_PREFIX": database_prefix,
+            "BERTH_SUBMISSIONS__WORKER_ENABLED": str(worker).lower(),
+            **SUBMISSION_LIMITS,
+            **(extra_env or {}),
+        }
+        return _berth_spec(ctx, env, setup=[])
+
+    def prepare(base_url: str, ctx: ServerContext) -> Mapping[str, str]:
+        from tests.bench.submissions import STATS_SUBMISSIONS, seed_submissions, time_direct_stats
+        from tests.bench.tenant import login
+
+        tenant, mongo = ctx.require_tenant(), ctx.require_mongo()
+        headers = login(base_url, tenant)
+        database = f"{database_prefix}{tenant.slug}"
+        if seed and database_prefix not in mongo.seeded:
+            print(f"  {name}: POSTing {STATS_SUBMISSIONS} submissions ...", flush=True)
+            started = time.monotonic()
+            seed_submissions(base_url, headers)
+            mongo.seeded.add(database_prefix)
+            print(f"  {name}: posted in {time.monotonic() - started:.0f} s")
+            seconds = time_direct_stats(mongo, database)
+            print(f"  {name}: the stats pipeline straight from pymongo: {seconds} s")
+        return headers
+
+    return Server(name, build, BERTH_READY_PATH, prepare=prepare, needs_tenant=True,
+                  needs_mongo=True)  # fmt: skip
+
+
 def on_tree(server: Server, tree: Path) -> Server:
     """`server` run from another checkout of berth: its own virtualenv and source tree."""
     python = tree / ".venv" / "bin" / "python"
@@ -229,6 +308,9 @@ def with_baseline(targets: Sequence[Target], tree: Path) -> tuple[list[Target], 
         selected.append(target)
         if not target.server.name.startswith("berth") or target.must_not_stall:
             continue
+        if target.server.needs_mongo and not has_submissions(tree):
+            print(f"  {target.name}: no twin, {tree} has no submissions feature")
+            continue
         server = twins.setdefault(target.server.name, on_tree(target.server, tree))
         twin = f"{target.name}{BASELINE_SUFFIX}"
         description = f"{target.description} [baseline]"
@@ -238,6 +320,10 @@ def with_baseline(targets: Sequence[Target], tree: Path) -> tuple[list[Target], 
         ratios.append(Ratio(f"{target.name}/{twin} p99", target.name, twin, bound=None,
                             metric="p99_ms"))  # fmt: skip
     return selected, ratios
+
+
+def has_submissions(tree: Path) -> bool:
+    return (tree / "service" / "submissions" / "router.py").is_file()
 
 
 def build_reference_db(ctx: ServerContext) -> ServerSpec:
@@ -260,6 +346,29 @@ REFERENCE_DB = Server(
 )
 BERTH_PG = berth_postgres("berth-pg", cache=True)
 BERTH_PG_NO_CACHE = berth_postgres("berth-pg-nocache", cache=False)
+# Two servers, two databases of the one tenant: s's grows while it is measured, t's holds
+# exactly the 5,000 seeded submissions. Both run without the worker, so the queue does not
+# compete with what is measured; t's submissions stay PENDING, which changes nothing for the
+# aggregation (every stored item has its line value from the start). With the worker on,
+# secantusdb processed ~1 submission a second with 4,500 queued (docs/benchmarks.md).
+BERTH_MONGO_POST = berth_mongo("berth-mongo", database_prefix="bench_post_", worker=False,
+                               seed=False)  # fmt: skip
+# secantusdb takes seconds for that aggregation (docs/benchmarks.md, "Submissions"): the stats
+# server waits for it up to STATS_TIMEOUT_SECONDS instead of answering 503 after 5 s.
+STATS_TIMEOUT_SECONDS = 120
+BERTH_MONGO_STATS = berth_mongo(
+    "berth-mongo-stats",
+    database_prefix="bench_stats_",
+    worker=False,
+    seed=True,
+    extra_env={"BERTH_MONGO__TIMEOUT_SECONDS": str(STATS_TIMEOUT_SECONDS)},
+)
+SUBMISSION_BODY = declaration_body()
+# t answers in seconds on secantusdb: one connection (more only queue in its one process) and
+# long enough a run for a few answers per round.
+STATS_CONNECTIONS = 1
+STATS_MIN_DURATION = 30.0
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 ARTICLE = f"/api/v1/articles/{ARTICLE_SLUG}"
 REFERENCE_ARTICLE = f"/articles/{ARTICLE_SLUG}"
@@ -288,6 +397,25 @@ TARGETS: list[Target] = [
         connections=STALL_CONNECTIONS,
         must_not_stall=True,
     ),
+    Target(
+        "s",
+        "berth POST a 10-item JSON submission, worker off",
+        BERTH_MONGO_POST,
+        SUBMISSIONS,
+        headers=JSON_HEADERS,
+        expect_status=202,
+        method="POST",
+        body=SUBMISSION_BODY,
+    ),
+    Target(
+        "t",
+        "berth GET submission stats over 5,000",
+        BERTH_MONGO_STATS,
+        STATS,
+        connections=STATS_CONNECTIONS,
+        wrk_timeout=STATS_TIMEOUT_SECONDS,
+        min_duration=STATS_MIN_DURATION,
+    ),
 ]
 RATIOS: list[Ratio] = [
     Ratio("b/a", numerator="b", denominator="a", bound=0.75),
@@ -295,24 +423,15 @@ RATIOS: list[Ratio] = [
     Ratio("c/d p99", numerator="c", denominator="d", bound=3.0, metric="p99_ms", at_most=True),
     Ratio("e/b", numerator="e", denominator="b", bound=0.60),
     Ratio("f/b", numerator="f", denominator="b", bound=0.30),
+    # Submissions: measured against /api/v1/info, no goal set yet.
+    Ratio("s/b", numerator="s", denominator="b", bound=None),
+    Ratio("s/b p99", numerator="s", denominator="b", bound=None, metric="p99_ms"),
+    Ratio("t/b", numerator="t", denominator="b", bound=None),
+    Ratio("t/b p99", numerator="t", denominator="b", bound=None, metric="p99_ms"),
 ]
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def _kill_group(process: subprocess.Popen[Any], timeout: float) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after `timeout`."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _pinned(cpu: int, command: Sequence[str]) -> list[str]:
@@ -336,13 +455,20 @@ def free_port() -> int:
 class RunningServer:
     """One server process in its own process group, output in files of its temp dir."""
 
-    def __init__(self, server: Server, python: str, root: Path, tenant: BenchTenant | None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        python: str,
+        root: Path,
+        tenant: BenchTenant | None,
+        mongo: BenchMongo | None = None,
+    ) -> None:
         self.server = server
         self.workdir = root / server.name
         self.workdir.mkdir()
         self.port = free_port()
         self.context = ServerContext(
-            python=python, port=self.port, workdir=self.workdir, tenant=tenant
+            python=python, port=self.port, workdir=self.workdir, tenant=tenant, mongo=mongo
         )
         self.spec = server.build(self.context)
         self.headers: Mapping[str, str] = {}  # from `prepare`, sent by every target
@@ -378,7 +504,7 @@ class RunningServer:
         if self.server.prepare is not None:
             try:
                 self.headers = self.server.prepare(self.base_url, self.context)
-            except TenantSetupError as exc:
+            except (TenantSetupError, MongoSetupError) as exc:
                 raise BenchError(f"{self.server.name}: preparing failed: {exc}") from exc
 
     def _wait_ready(self) -> None:
@@ -404,7 +530,7 @@ class RunningServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            _kill_group(self.process, STOP_TIMEOUT_SECONDS)
+            stop_process_group(self.process, STOP_TIMEOUT_SECONDS)
 
     def output_lines(self) -> int:
         with contextlib.suppress(OSError), self.stdout_path.open("rb") as out:
@@ -412,10 +538,17 @@ class RunningServer:
         return 0
 
 
-def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=dict(headers or {}))
+def http_get(
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout: float = 2.0,
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=dict(headers or {}), method=method)
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -441,17 +574,34 @@ def postgres_fixture(
 
 
 @contextlib.contextmanager
+def mongo_fixture(servers: Sequence[Server], root: Path) -> Iterator[BenchMongo | None]:
+    """A throwaway secantusdb when a selected server needs it (stopped on exit), else None."""
+    if not any(server.needs_mongo for server in servers):
+        yield None
+        return
+    workdir = root / "mongo"
+    workdir.mkdir()
+    try:
+        with bench_mongo(workdir) as mongo:
+            print(f"  MongoDB (secantusdb, in memory) ready on {mongo.url}", flush=True)
+            yield mongo
+    except MongoSetupError as exc:
+        raise BenchError(f"MongoDB fixture: {exc}") from exc
+
+
+@contextlib.contextmanager
 def running(servers: Sequence[Server], python: str) -> Iterator[dict[str, RunningServer]]:
     """Start every server; stop them all (process groups) however the block ends, then drop
-    the PostgreSQL fixture."""
+    the PostgreSQL and MongoDB fixtures."""
     started: dict[str, RunningServer] = {}
     with (
         tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp,
         postgres_fixture(servers, python, Path(tmp)) as tenant,
+        mongo_fixture(servers, Path(tmp)) as mongo,
     ):
         try:
             for server in servers:
-                instance = RunningServer(server, python, Path(tmp), tenant)
+                instance = RunningServer(server, python, Path(tmp), tenant, mongo)
                 started[server.name] = instance
                 instance.start()
                 print(f"  {server.name} ready on {instance.base_url} (pid {instance.pid})")
@@ -566,21 +716,53 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(
-    wrk: str, url: str, duration: float, connections: int, headers: Mapping[str, str]
-) -> WrkResult:
+def wrk_command(
+    wrk: str,
+    url: str,
+    duration: float,
+    connections: int,
+    headers: Mapping[str, str],
+    script: Path | None = None,
+    timeout: float | None = None,
+) -> list[str]:
     command = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
+    if timeout is not None:
+        command += ["--timeout", f"{timeout:g}s"]
     command.append(url)
+    return command
+
+
+def script_for(target: Target, directory: Path) -> Path | None:
+    """The wrk Lua script of a target that is not a plain GET (method, body), else None."""
+    if target.method == "GET" and target.body is None:
+        return None
+    path = directory / f"{target.name}.lua"
+    path.write_text(wrk_script(target.method, target.body), encoding="utf-8")
+    return path
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    duration: float,
+    connections: int,
+    headers: Mapping[str, str],
+    script: Path | None = None,
+    timeout: float | None = None,
+) -> WrkResult:
+    command = wrk_command(wrk, url, duration, connections, headers, script, timeout)
     process = subprocess.Popen(
         _pinned(CLIENT_CPU, command),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        output, _ = process.communicate(timeout=duration + 30)
+        output, _ = process.communicate(timeout=duration + (timeout or 2.0) + 30)
     finally:
-        _kill_group(process, 2.0)
+        stop_process_group(process, 2.0)
     text = output.decode(errors="replace")
     if process.returncode != 0:
         raise BenchError(f"wrk exited with {process.returncode}:\n{text}")
@@ -633,14 +815,18 @@ def check_targets(targets: Sequence[Target], servers: Mapping[str, RunningServer
     for target in targets:
         server = servers[target.server.name]
         url = server.base_url + target.path
-        status, body = http_get(url, headers_of(target, server))
+        status, body = http_get(
+            url, headers_of(target, server), method=target.method, body=target.body,
+            timeout=target.wrk_timeout or 2.0,
+        )  # fmt: skip
         if status != target.expect_status:
             raise BenchError(
-                f"target {target.name}: GET {url} answered {status}, expected "
+                f"target {target.name}: {target.method} {url} answered {status}, expected "
                 f"{target.expect_status}: {body[:300]!r}"
             )
         print(
-            f"  {target.name}: GET {target.path} -> {status} {body[:120].decode(errors='replace')}"
+            f"  {target.name}: {target.method} {target.path} -> {status} "
+            f"{body[:120].decode(errors='replace')}"
         )
 
 
@@ -670,7 +856,7 @@ def evaluate_ratios(
                 "metric": ratio.metric,
                 "numerator": ratio.numerator,
                 "denominator": ratio.denominator,
-                "value": round(value, 3),
+                "value": round(value, 3) if value >= 0.01 else float(f"{value:.3g}"),
                 "bound": ratio.bound,
                 "at_most": ratio.at_most,
                 "met": ratio.met(value),
@@ -725,7 +911,7 @@ def print_table(
         verdict = "met" if ratio["met"] else "MISSED"
         unit = "req/s" if ratio["metric"] == "requests_per_second" else ratio["metric"]
         if ratio["bound"] is None:
-            print(f"ratio {ratio['name']} ({unit}) = {ratio['value']:.3f}", file=out)
+            print(f"ratio {ratio['name']} ({unit}) = {_ratio_text(ratio['value'])}", file=out)
             continue
         bound = f"{'<=' if ratio['at_most'] else '>='} {ratio['bound']:.2f}"
         print(
@@ -739,6 +925,10 @@ def print_table(
             f"non-2xx {stall['non_2xx']}, socket errors {stall['socket_errors']}   {verdict}",
             file=out,
         )
+
+
+def _ratio_text(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.3g}"  # t/b is ~1e-4
 
 
 def git_commit(tree: Path) -> str | None:
@@ -773,15 +963,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     with running(servers, sys.executable) as started:
         check_targets(targets, started)
+        scripts = {t.name: script_for(t, started[t.server.name].workdir) for t in targets}
         for round_number in range(1, args.rounds + 1):
             for target in targets:
                 server = started[target.server.name]
                 url = server.base_url + target.path
                 headers = headers_of(target, server)
                 connections = target.connections or args.connections
-                if args.warmup > 0:
-                    run_wrk(wrk, url, args.warmup, connections, headers)
-                result = run_wrk(wrk, url, args.duration, connections, headers)
+                script, timeout = scripts[target.name], target.wrk_timeout
+                duration = max(args.duration, target.min_duration or 0.0)
+                # Not before a target that answers in seconds: a warm-up shorter than one answer
+                # only leaves an abandoned request that the measured run would wait behind.
+                if args.warmup > 0 and target.min_duration is None:
+                    run_wrk(wrk, url, args.warmup, connections, headers, script, timeout)
+                result = run_wrk(wrk, url, duration, connections, headers, script, timeout)
                 runs[target.name].append(result)
                 flag = ""
                 if result.non_2xx or result.socket_errors:
@@ -793,6 +988,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
         output_lines = {name: s.output_lines() for name, s in started.items()}
+        direct_stats = next(
+            (s.context.mongo.direct_stats_seconds for s in started.values() if s.context.mongo),
+            {},
+        )
     medians = {name: median_of(results) for name, results in runs.items()}
     ratios = evaluate_ratios(medians, comparisons)
     stalls = evaluate_stalls(targets, runs)
@@ -820,14 +1019,17 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             t.name: {
                 "description": t.description,
                 "server": t.server.name,
+                "method": t.method,
                 "path": t.path,
                 "connections": t.connections or args.connections,
+                "duration_seconds": max(args.duration, t.min_duration or 0.0),
                 "median": medians[t.name],
                 "rounds": [r.as_dict() for r in runs[t.name]],
             }
             for t in targets
         },
         "server_stdout_lines": output_lines,
+        "mongo_direct_stats_seconds": direct_stats,
         "ratios": ratios,
         "stall_checks": stalls,
     }

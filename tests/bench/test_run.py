@@ -12,6 +12,9 @@ import pytest
 
 from tests.bench import run
 from tests.bench.run import Ratio, Target, WrkResult, evaluate_ratios, evaluate_stalls, parse_wrk
+from tests.bench.submissions import BenchMongo
+from tests.bench.tenant import BenchTenant
+from tests.support import setting_path
 
 WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:8000/api/v1/info
   1 threads and 64 connections
@@ -146,3 +149,99 @@ def test_a_comparison_without_a_goal_is_reported_and_never_missed(
     [verdict] = evaluate_ratios(medians(c=(900.0, 1.0), c0=(1000.0, 1.0)), [comparison])
 
     assert (verdict["value"], verdict["met"], verdict["bound"]) == (0.9, True, None)
+
+
+# Submissions (targets s and t): a POST body through a wrk Lua script, a MongoDB fixture.
+
+
+def test_a_post_target_gets_a_lua_script_with_its_method_and_body(tmp_path: Path) -> None:
+    [post] = run.select_targets("s")
+
+    script = run.script_for(post, tmp_path)
+
+    assert script is not None
+    text = script.read_text()
+    assert "wrk.method = [[POST]]" in text
+    assert f"wrk.body = [[{run.SUBMISSION_BODY.decode()}]]" in text
+    assert run.script_for(run.select_targets("b")[0], tmp_path) is None
+
+
+def test_a_lua_long_string_cannot_be_closed_by_the_body() -> None:
+    script = run.wrk_script("POST", b'{"a": "]]", "b": "]=]"}')
+
+    assert script.splitlines()[1] == 'wrk.body = [==[{"a": "]]", "b": "]=]"}]==]'
+
+
+def test_wrk_is_given_the_script_and_a_timeout_only_when_a_target_has_them(
+    tmp_path: Path,
+) -> None:
+    plain = run.wrk_command("wrk", "http://127.0.0.1:1/", 5, 64, {"A": "b"})
+    full = run.wrk_command("wrk", "http://127.0.0.1:1/", 5, 4, {}, tmp_path / "s.lua", 120)
+
+    assert plain == ["wrk", "-t1", "-c64", "-d5s", "--latency", "-H", "A: b",
+                     "http://127.0.0.1:1/"]  # fmt: skip
+    assert full[-5:] == ["-s", str(tmp_path / "s.lua"), "--timeout", "120s",
+                         "http://127.0.0.1:1/"]  # fmt: skip
+
+
+def test_the_submission_targets_post_a_valid_10_item_declaration_and_read_the_stats() -> None:
+    from service.submissions.schemas import DeclarationIn
+
+    post, stats = run.select_targets("s,t")
+
+    assert (post.method, post.path, post.expect_status) == ("POST", "/api/v1/submissions", 202)
+    assert post.headers["Content-Type"] == "application/json"
+    assert post.body is not None
+    assert len(DeclarationIn.model_validate_json(post.body).items) == 10
+    assert (stats.method, stats.path, stats.body) == ("GET", "/api/v1/submissions/stats", None)
+    assert stats.wrk_timeout == run.STATS_TIMEOUT_SECONDS
+    assert post.server.needs_mongo
+    assert stats.server.needs_mongo
+    assert post.server.needs_tenant
+
+
+def test_the_submission_ratios_are_to_info_and_have_no_goal() -> None:
+    ratios = {r.name: r for r in run.RATIOS if r.numerator in {"s", "t"}}
+
+    assert set(ratios) == {"s/b", "s/b p99", "t/b", "t/b p99"}
+    assert all(r.denominator == "b" and r.bound is None for r in ratios.values())
+
+
+def test_the_submission_servers_use_the_mongodb_fixture_in_databases_of_their_own(
+    tmp_path: Path,
+) -> None:
+    tenant = BenchTenant("bench-x", "o@example.com", "pw", {"BERTH_DATABASE__URL": "pg"}, "dsn")
+    mongo = BenchMongo("mongodb://127.0.0.1:1/?directConnection=true")
+    ctx = run.ServerContext("python", 1, tmp_path, tenant, mongo)
+
+    post = run.BERTH_MONGO_POST.build(ctx).env
+    stats = run.BERTH_MONGO_STATS.build(ctx).env
+
+    assert post["BERTH_MONGO__URL"] == stats["BERTH_MONGO__URL"] == mongo.url
+    assert post["BERTH_MONGO__DATABASE_PREFIX"] != stats["BERTH_MONGO__DATABASE_PREFIX"]
+    assert post["BERTH_SUBMISSIONS__WORKER_ENABLED"] == "false"
+    assert stats["BERTH_SUBMISSIONS__WORKER_ENABLED"] == "false"
+    assert post["BERTH_DATABASE__URL"] == "pg"
+    for env in (post, stats):  # a misspelt setting would be ignored, silently
+        assert all(setting_path(key) for key in env if key.startswith("BERTH_")), env
+
+
+def test_a_server_needing_mongodb_refuses_to_build_without_it(tmp_path: Path) -> None:
+    tenant = BenchTenant("bench-x", "o@example.com", "pw", {}, "dsn")
+    ctx = run.ServerContext("python", 1, tmp_path, tenant)
+
+    with pytest.raises(run.BenchError, match="needs_mongo"):
+        run.BERTH_MONGO_POST.build(ctx)
+
+
+def test_a_baseline_tree_without_submissions_gets_no_submission_twins(tmp_path: Path) -> None:
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").write_text("")
+
+    before, _ = run.with_baseline(run.select_targets("b,s,t"), tmp_path)
+    (tmp_path / "service" / "submissions").mkdir(parents=True)
+    (tmp_path / "service" / "submissions" / "router.py").write_text("")
+    after, _ = run.with_baseline(run.select_targets("b,s,t"), tmp_path)
+
+    assert [t.name for t in before] == ["b", "b0", "s", "t"]
+    assert [t.name for t in after] == ["b", "b0", "s", "s0", "t", "t0"]

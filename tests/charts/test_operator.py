@@ -3,15 +3,24 @@ binds exactly that), one instance, the settings the operator reads, the CRD it g
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 import yaml
 from berth_operator import rbac
 from berth_operator.app import LIVENESS_PATH
-from berth_operator.config import ENV_PREFIX, OperatorSettings
+from berth_operator.config import ENV_PREFIX, OperatorSettings, operator_env_name
 
-from tests.charts.support import CHART_DIR, NAMESPACE, RELEASE, Chart, container
+from tests.charts.support import (
+    CHART_DIR,
+    DEFAULT_VALUES,
+    NAMESPACE,
+    RELEASE,
+    Chart,
+    Rendered,
+    container,
+)
 from tests.support import setting_path
 
 CI = CHART_DIR / "ci"
@@ -88,6 +97,62 @@ def test_the_operator_runs_alone_with_the_settings_it_reads(chart: Chart) -> Non
         if name != "POD_NAMESPACE" and setting_path(name, OperatorSettings, ENV_PREFIX) is None
     ]
     assert unknown == []
+
+
+MONGO_NAME = operator_env_name("default_mongo_server", "name")
+MONGO_KEY = operator_env_name("default_mongo_server", "key")
+ADMIN_URL = "mongodb://root:ci-password@mongodb.db.svc:27017/?authSource=admin"
+
+
+def operator_env(rendered: Rendered) -> dict[str, str]:
+    operator = container(rendered.one("Deployment", OPERATOR), "operator")
+    return {item["name"]: item.get("value") for item in operator["env"]}
+
+
+def test_the_default_mongo_server_can_be_a_secret_the_user_made(chart: Chart) -> None:
+    rendered = chart.render(CI / "mongo-values.yaml")
+
+    env = operator_env(rendered)
+
+    assert (env[MONGO_NAME], env[MONGO_KEY]) == ("berth-mongo-admin", "admin-url")
+    assert not [s for s in rendered.of_kind("Secret") if s["metadata"]["name"] == env[MONGO_NAME]]
+    unknown = [
+        name
+        for name in env
+        if name != "POD_NAMESPACE" and setting_path(name, OperatorSettings, ENV_PREFIX) is None
+    ]
+    assert unknown == []  # every variable the chart sets is one the operator reads
+
+
+def test_the_default_mongo_server_given_as_a_url_is_kept_in_a_secret_of_the_chart(
+    chart: Chart,
+) -> None:
+    rendered = chart.render(DEFAULT_VALUES, settings={"operator.defaultMongoServer.url": ADMIN_URL})
+
+    env = operator_env(rendered)
+    secret = rendered.one("Secret", env[MONGO_NAME])
+
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert base64.b64decode(secret["data"][env[MONGO_KEY]]).decode() == ADMIN_URL
+    assert ADMIN_URL not in env.values()  # a password: never in the pod spec
+
+
+def test_no_default_mongo_server_means_no_setting_and_no_secret(chart: Chart) -> None:
+    rendered = chart.render()
+
+    assert MONGO_NAME not in operator_env(rendered)
+    assert not [s for s in rendered.of_kind("Secret") if "mongo" in s["metadata"]["name"]]
+
+
+def test_a_mongo_server_given_twice_is_refused(chart: Chart) -> None:
+    refused = chart.template(
+        CI / "mongo-values.yaml",
+        settings={"operator.defaultMongoServer.url": ADMIN_URL},
+        check=False,
+    )
+
+    assert refused.returncode != 0
+    assert "operator.defaultMongoServer: set url or secretName, not both" in refused.stderr
 
 
 def test_watching_every_namespace_leaves_the_namespaces_setting_empty(chart: Chart) -> None:

@@ -15,7 +15,14 @@ import pytest
 import yaml
 from berth_operator.config import OperatorSettings
 
-from service.core.config import DatabaseSettings, HttpSettings, TenantSettings
+from service.core.config import (
+    DatabaseSettings,
+    HttpSettings,
+    MongoSettings,
+    SubmissionSettings,
+    TenantSettings,
+    env_name,
+)
 from service.main import LIVE_PATH, METRICS_PATH, READY_PATH
 from tests.charts.support import (
     CHART_DIR,
@@ -66,7 +73,9 @@ def test_the_check_for_settings_names_can_fail() -> None:
     assert setting_path("BERTH_DATABSE__URL") is None
 
 
-@pytest.mark.parametrize("values", ["default-values", "hpa-values", "networkpolicy-values"])
+@pytest.mark.parametrize(
+    "values", ["default-values", "hpa-values", "networkpolicy-values", "mongo-values"]
+)
 def test_the_rendered_settings_pass_the_services_production_check(
     chart: Chart, values: str, tmp_path: Any
 ) -> None:
@@ -82,6 +91,102 @@ def test_the_rendered_settings_pass_the_services_production_check(
 
     assert env["BERTH_ENVIRONMENT"] == "production"
     assert checked.returncode == 0, checked.stderr
+
+
+MONGO_URL = env_name("mongo", "url")
+CI_MONGO_URL = yaml.safe_load((CI / "mongo-values.yaml").read_text())["mongo"]["url"]
+
+
+def settings_containers(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    """Every container that reads the service's settings: the API, its schema wait, and the
+    migration Job's two (they refuse a production start just as the API does)."""
+    deployment, job = service_deployment(rendered), rendered.one("Job", f"{RELEASE}-migrations")
+    return [
+        (name, container(owner, name))
+        for owner, name in [
+            (deployment, "api"),
+            (deployment, "wait-for-schema"),
+            (job, "control-plane"),
+            (job, "tenants"),
+        ]
+    ]
+
+
+def test_the_mongo_url_and_the_submission_settings_reach_every_container_that_reads_them(
+    chart: Chart,
+) -> None:
+    rendered = chart.render(CI / "mongo-values.yaml")
+    submissions = yaml.safe_load((CI / "mongo-values.yaml").read_text())["submissions"]
+
+    for where, spec in settings_containers(rendered):
+        env = rendered.environment(spec)
+        assert env[MONGO_URL] == CI_MONGO_URL, where
+        assert env[env_name("submissions", "enabled")] == "true", where
+        assert env[env_name("submissions", "worker_enabled")] == "true", where
+        assert env[env_name("submissions", "worker_concurrency")] == str(
+            submissions["workerConcurrency"]
+        ), where
+    # A URL may carry a password: it comes from the Secret, never the ConfigMap.
+    assert all(MONGO_URL not in m["data"] for m in rendered.of_kind("ConfigMap"))
+
+
+def test_the_charts_submission_defaults_are_the_services_own() -> None:
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["submissions"]
+    defaults = SubmissionSettings()
+
+    assert values == {
+        "enabled": defaults.enabled,
+        "workerEnabled": defaults.worker_enabled,
+        "workerConcurrency": defaults.worker_concurrency,
+    }
+
+
+def test_submissions_in_production_without_a_mongo_url_fail_the_install(chart: Chart) -> None:
+    """The service would refuse to start (production_problems): helm says so first."""
+    refused = chart.template(DEFAULT_VALUES, settings={"mongo.url": ""}, check=False)
+
+    assert refused.returncode != 0
+    assert "mongo.url is required while submissions.enabled in production" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"submissions.enabled": "false"}, id="submissions-off"),
+        pytest.param({"environment": "local"}, id="not-production"),
+    ],
+)
+def test_without_a_mongo_url_where_the_service_starts_without_one_no_url_is_passed(
+    chart: Chart, settings: dict[str, str]
+) -> None:
+    rendered = chart.render(DEFAULT_VALUES, settings={"mongo.url": "", **settings})
+
+    for where, spec in settings_containers(rendered):
+        assert MONGO_URL not in rendered.environment(spec), where
+    secret = rendered.one("Secret", RELEASE)
+    assert "mongo-url" not in secret["data"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "optional"),
+    [
+        pytest.param({}, False, id="required"),
+        pytest.param({"submissions.enabled": "false"}, True, id="submissions-off"),
+    ],
+)
+def test_with_an_existing_secret_the_mongo_url_is_its_mongo_url_key(
+    chart: Chart, settings: dict[str, str], optional: bool
+) -> None:
+    """Optional only where the service starts without it; otherwise the kubelet refuses the
+    pod naming the missing key."""
+    rendered = chart.render(CI / "existing-secret-values.yaml", settings=settings)
+
+    for where, spec in settings_containers(rendered):
+        (variable,) = [item for item in spec["env"] if item["name"] == MONGO_URL]
+        reference = variable["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == "berth-secrets", where
+        assert reference["key"] == "mongo-url", where
+        assert reference.get("optional", False) is optional, where
 
 
 def test_with_the_hpa_on_the_deployment_has_no_replicas(chart: Chart) -> None:
@@ -130,6 +235,8 @@ def test_a_changed_setting_rolls_the_pods_and_an_unchanged_one_does_not(chart: C
     assert checksum() == checksum()
     assert checksum() != checksum(**{"config.BERTH_CACHE__TTL_SECONDS": "30"})
     assert checksum() != checksum(**{"redis.url": "redis://elsewhere:6379/0"})
+    assert checksum() != checksum(**{"mongo.url": "mongodb://elsewhere:27017"})
+    assert checksum() != checksum(**{"submissions.workerConcurrency": "2"})
 
 
 def test_the_grace_period_covers_the_prestop_pause_and_the_drain(chart: Chart) -> None:
@@ -238,13 +345,37 @@ def test_network_policies_keep_dns_and_reach_only_the_backends(chart: Chart) -> 
     api = rendered.one("NetworkPolicy", RELEASE)
 
     ports = [[p["port"] for p in rule["ports"]] for rule in api["spec"]["egress"]]
-    assert ports == [[53, 53], [5432], [6379]]
+    assert ports == [[53, 53], [5432], [6379], [27017]]
     assert api["spec"]["egress"][2]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
     selectors = [p["spec"]["podSelector"]["matchLabels"] for p in rendered.of_kind("NetworkPolicy")]
     for manifest in rendered.manifests:
         labels = pod_labels(manifest)
         if labels is not None:
             assert any(s.items() <= labels.items() for s in selectors), manifest["metadata"]["name"]
+
+
+def test_mongodb_egress_is_the_configured_one_and_only_where_it_is_used(chart: Chart) -> None:
+    """The service reaches MongoDB for submissions, the operator to create tenant users; the
+    migration Job never does."""
+    mongo = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "db"}},
+              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "mongodb"}}}]  # fmt: skip
+
+    port = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["networkPolicy"]["mongo"]["port"]
+
+    def egress_to_mongo(rendered: Rendered, name: str) -> list[Any]:
+        policy = rendered.one("NetworkPolicy", name)
+        return [
+            rule["to"]
+            for rule in policy["spec"]["egress"]
+            if [p["port"] for p in rule["ports"]] == [port]
+        ]
+
+    rendered = chart.render(CI / "mongo-values.yaml")
+    assert egress_to_mongo(rendered, RELEASE) == [mongo]
+    assert egress_to_mongo(rendered, f"{RELEASE}-operator") == [mongo]
+    assert egress_to_mongo(rendered, f"{RELEASE}-migrations") == []
+    without = chart.render(CI / "mongo-values.yaml", settings={"submissions.enabled": "false"})
+    assert egress_to_mongo(without, RELEASE) == []
 
 
 def pod_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
@@ -269,6 +400,29 @@ def test_the_notes_budget_uses_the_services_own_pool_defaults(chart: Chart) -> N
         in notes
     )
     assert f"x 2 replicas = {2 * per_replica} connections" in notes
+
+
+def test_the_notes_mongodb_budget_uses_the_services_pool_defaults_or_the_configured_ones(
+    chart: Chart,
+) -> None:
+    def notes(values: str) -> str:
+        path = str(CI / f"{values}.yaml")
+        return chart.run("install", "--dry-run=client", RELEASE, str(CHART_DIR), "-f", path).stdout
+
+    mongo = MongoSettings()
+    per_replica = mongo.client_cache_size * mongo.pool_size
+    configured = yaml.safe_load((CI / "mongo-values.yaml").read_text())["config"]
+    cache, pool = (
+        int(configured[env_name("mongo", field)]) for field in ("client_cache_size", "pool_size")
+    )
+
+    assert f"{mongo.client_cache_size} x {mongo.pool_size} = {per_replica} per replica" in (
+        notes("default-values")
+    )
+    assert f"x 2 replicas = {2 * per_replica} connections: keep it under MongoDB's" in (
+        notes("default-values")
+    )
+    assert f"{cache} x {pool} = {cache * pool} per replica" in notes("mongo-values")
 
 
 def test_the_charts_app_version_is_the_projects_version() -> None:

@@ -235,12 +235,13 @@ def test_every_berth_variable_names_a_real_setting(name: str) -> None:
         assert setting_path(key), f"{name}: {key} is no setting"
 
 
-def test_mongodb_is_not_wired_into_the_app_yet() -> None:
-    """No setting reads it: a URL given to the app now would be ignored, and misleading."""
-    for name in ("app", "migrate"):
-        values = environment_of(services()[name]).values()
-        assert not any("mongodb" in value for value in values), name
-        assert "mongodb" not in services()[name].get("depends_on", {}), name
+def test_the_app_reaches_mongodb_and_waits_for_it() -> None:
+    """Submissions are on in production: the app's MongoDB URL names the compose service, and
+    the app starts once that server answers."""
+    app = services()["app"]
+    url = urlsplit(environment_of(app)["BERTH_MONGO__URL"])
+    assert (url.scheme, url.hostname, url.port) == ("mongodb", "mongodb", 27017)
+    assert app["depends_on"]["mongodb"] == {"condition": "service_healthy"}
 
 
 @pytest.mark.parametrize("name", ["app", "migrate"])
@@ -263,7 +264,7 @@ def test_the_check_needs_no_reachable_host(tmp_path: Path) -> None:
     """check-config reads settings and opens nothing, so compose's service names need not
     resolve here: shown with names that can never resolve (RFC 6761 `.invalid`)."""
     env = {**image_env(), **environment_of(services()["app"])}
-    for key in ("BERTH_DATABASE__URL", "BERTH_REDIS__URL"):
+    for key in ("BERTH_DATABASE__URL", "BERTH_REDIS__URL", "BERTH_MONGO__URL"):
         host = urlsplit(env[key]).hostname
         assert host, key
         env[key] = (

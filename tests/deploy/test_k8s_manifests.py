@@ -32,6 +32,7 @@ from berth_operator.resource import (
     DeletionPolicy,
     Tenant,
 )
+from pymongo.uri_parser import parse_uri
 from sqlalchemy import make_url
 
 from tests.charts.support import KUBERNETES_VERSIONS
@@ -54,6 +55,7 @@ from tests.deploy.k8s_support import (
     run,
     secret_value,
     selects,
+    service_port,
     yaml_documents,
 )
 from tests.kube import ApiServer, kubectl
@@ -223,6 +225,19 @@ def test_the_admin_secret_is_the_url_of_the_dev_postgres_superuser() -> None:
     assert url.drivername == "postgresql"
     # The image makes POSTGRES_USER its superuser; `postgres` is the maintenance database.
     assert_logs_into_the_dev_postgres(url, "postgres")
+
+
+def test_the_mongo_admin_secret_is_the_url_of_the_dev_mongodb() -> None:
+    objects = dev_objects()
+    uri = parse_uri(secret_value(find(objects, "Secret", "berth-mongo-admin"), "url"))
+    ((host, port),) = uri["nodelist"]
+    service = find(objects, "Service", host)
+
+    assert selects(service, find(objects, "Deployment", "mongodb"))
+    assert port == service_port(service)
+    # No authentication on the dev MongoDB: every client is its admin, no user is needed.
+    assert uri["username"] is None
+    assert "--auth" not in containers(find(objects, "Deployment", "mongodb"))[0]["args"]
 
 
 def test_postgres_keeps_its_data_directory_in_a_volume_it_can_create() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pymongo.uri_parser import parse_uri
 from sqlalchemy import make_url
 
 from service.core.config import HttpSettings
@@ -239,6 +240,32 @@ def test_the_operators_default_server_is_the_dev_admin_secret() -> None:
 
     assert secret["metadata"]["namespace"] == release()["namespace"]
     assert make_url(secret_value(secret, key)).host == "postgres"
+
+
+def test_the_submissions_are_on_the_dev_mongodb() -> None:
+    objects = dev_objects()
+    uri = parse_uri(release()["setValues"]["mongo.url"])
+    ((host, port),) = uri["nodelist"]
+    service = find(objects, "Service", host)
+
+    assert selects(service, find(objects, "Deployment", "mongodb"))
+    assert port == service_port(service)
+    # The dev MongoDB has no authentication (k8s/dev/mongodb.yaml): a user would be unchecked.
+    assert uri["username"] is None
+
+
+def test_the_operators_default_mongo_server_is_the_dev_mongo_admin_secret() -> None:
+    objects = dev_objects()
+    name = release()["setValues"]["operator.defaultMongoServer.secretName"]
+    key = dotted(chart_values(), "operator.defaultMongoServer.key")
+
+    secret = find(objects, "Secret", name)
+
+    assert secret["metadata"]["namespace"] == release()["namespace"]
+    assert (
+        parse_uri(secret_value(secret, key))["nodelist"]
+        == (parse_uri(release()["setValues"]["mongo.url"])["nodelist"])
+    )
 
 
 def test_the_release_runs_one_replica_in_the_local_environment() -> None:

@@ -32,12 +32,14 @@ import yaml
 from berth_operator.app import LIVENESS_PATH
 from berth_operator.config import POD_NAMESPACE_ENV, operator_env_name
 
-from service.core.config import TenantSettings
+from service.core.config import TenantSettings, env_name
 from service.core.http import API_PREFIX
 from service.db import migrate
+from service.submissions.schemas import SubmissionStatus
 from service.tenants.provisioning import create_tenant
 from tests.kube import ApiServer, kubectl
 from tests.observability.support import OBSERVABILITY_DIR
+from tests.service.submissions.factories import declaration
 from tests.support import (
     FAST_ARGON2,
     REPOSITORY,
@@ -541,6 +543,10 @@ def python_process(args: list[str], env: dict[str, str], cwd: Path, name: str) -
 TENANT_SLUG = "acme"
 # The request id a client sends (X-Request-ID): the lines of its request must carry it.
 CLIENT_REQUEST_ID = "logs-pipeline-test-0001"
+SUBMISSIONS = "/submissions"
+# A submission is settled (the worker's lines written) once it is neither of these.
+UNSETTLED = {SubmissionStatus.PENDING, SubmissionStatus.PROCESSING}
+SUBMISSION_SETTLE_SECONDS = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,9 +560,15 @@ class CapturedLog:
         return [json.loads(line) for line in self.lines]
 
 
-def _service_env(workdir: Path, port: int, otlp_endpoint: str) -> dict[str, str]:
+def _service_env(workdir: Path, port: int, otlp_endpoint: str, mongo_url: str) -> dict[str, str]:
     return process_env(
         BERTH_ENVIRONMENT="test",
+        # Submissions on a MongoDB server of the tests, in databases of this capture's own:
+        # the worker's lines carry the submission it processes.
+        **{
+            env_name("mongo", "url"): mongo_url,
+            env_name("mongo", "database_prefix"): f"logs{uuid.uuid4().hex[:8]}_",
+        },
         BERTH_DATABASE__URL=f"sqlite+aiosqlite:///{workdir / 'berth.db'}",
         BERTH_HTTP__PORT=str(port),
         BERTH_OBSERVABILITY__LOG_FORMAT="json",
@@ -589,14 +601,32 @@ async def _drive(base_url: str) -> None:
         assert articles.status_code == 200, articles.text
         missing = await client.get("/no-such-route")
         assert missing.status_code == 404, missing.text
+        await _submit_and_wait(client, bearer)
 
 
-async def capture_service_log(workdir: Path) -> CapturedLog:
-    """`python -m service serve` on a migrated SQLite control plane with one tenant, driven
-    by real requests, then stopped with SIGTERM (which flushes its access log)."""
+async def _submit_and_wait(client: httpx.AsyncClient, bearer: dict[str, str]) -> None:
+    """A declaration, then its status until the worker has settled it (its lines carry the
+    submission's id)."""
+    accepted = await client.post(SUBMISSIONS, json=declaration(), headers=bearer)
+    assert accepted.status_code == 202, accepted.text
+    location = f"{SUBMISSIONS}/{accepted.json()['id']}"
+    deadline = time.monotonic() + SUBMISSION_SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        current = await client.get(location, headers=bearer)
+        assert current.status_code == 200, current.text
+        if current.json()["status"] not in UNSETTLED:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the worker did not settle {location}: {current.json()['status']}")
+
+
+async def capture_service_log(workdir: Path, mongo_url: str) -> CapturedLog:
+    """`python -m service serve` on a migrated SQLite control plane with one tenant and its
+    submissions on `mongo_url`, driven by real requests, then stopped with SIGTERM (which
+    flushes its access log)."""
     port = free_port()
     with OtlpReceiver() as receiver:
-        env = _service_env(workdir, port, receiver.endpoint)
+        env = _service_env(workdir, port, receiver.endpoint, mongo_url)
         await migrate.upgrade(env["BERTH_DATABASE__URL"])
         tenants = TenantSettings(
             registry_dir=workdir / "registry", sqlite_dir=workdir / "tenant-dbs"

@@ -13,6 +13,7 @@ from berth_operator import metrics as operator_metrics
 from service.articles import metrics as article_metrics
 from service.core import metrics as core_metrics
 from service.identity import metrics as identity_metrics
+from service.submissions import metrics as submission_metrics
 from service.tenants import metrics as tenant_metrics
 from tests.support import REPOSITORY, require_tool
 
@@ -31,6 +32,7 @@ METRICS_MODULES = (
     tenant_metrics,
     identity_metrics,
     article_metrics,
+    submission_metrics,
     operator_metrics,
 )
 

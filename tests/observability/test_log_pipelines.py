@@ -3,9 +3,10 @@ config's pipeline, reach Loki with their fields extracted, the line's own timest
 few values only and the ids as structured metadata; and the two configs say the same.
 
 Real: the service (`python -m service serve`, tracing on to an OTLP receiver of ours, driven
-by a sign-up with a client's X-Request-ID, a failed login, a login, a tenant's request and a
-404) and the operator (`python -m berth_operator` against the real Kubernetes API server,
-until it is live), and the lines they write on stdout; the config files, parsed. The field
+by a sign-up with a client's X-Request-ID, a failed login, a login, a tenant's request, a 404
+and a submission its worker processes on the tests' MongoDB-protocol server) and the operator
+(`python -m berth_operator` against the real Kubernetes API server, until it is live), and
+the lines they write on stdout; the config files, parsed. The field
 names come from service/core/logging.py.
 
 Emulated (tests/observability/logs_support.py), because no Alloy, Promtail or Loki binary
@@ -37,11 +38,13 @@ from service.core.logging import (
     REQUEST_ID,
     RESPONSE_BYTES,
     STRUCTURED_METADATA_FIELDS,
+    SUBMISSION_ID,
     TENANT,
     TIMESTAMP,
     TRACE_ID,
 )
 from tests.kube import ApiServer
+from tests.mongo_server import MongoServer
 from tests.observability.logs_support import (
     CLIENT_REQUEST_ID,
     LABEL_NAME,
@@ -99,8 +102,10 @@ class Shipped:
 
 
 @pytest.fixture(scope="module")
-async def service_log(tmp_path_factory: pytest.TempPathFactory) -> CapturedLog:
-    return await capture_service_log(tmp_path_factory.mktemp("service-log"))
+async def service_log(
+    mongo_server: MongoServer, tmp_path_factory: pytest.TempPathFactory
+) -> CapturedLog:
+    return await capture_service_log(tmp_path_factory.mktemp("service-log"), mongo_server.url)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +241,8 @@ def test_structured_metadata_holds_the_request_trace_span_and_tenant(
     assert all(REQUEST_ID in m and TRACE_ID in m for m in access), access
     assert any(m.get(REQUEST_ID) == CLIENT_REQUEST_ID for m in access)
     assert any(m.get(TENANT) == TENANT_SLUG for m in metadata)
+    # The worker's lines: one submission's attempts, found by its id, in its tenant.
+    assert any(m.get(SUBMISSION_ID) and m.get(TENANT) == TENANT_SLUG for m in metadata)
 
 
 def test_only_the_charts_pods_are_shipped_each_from_its_own_container_files(

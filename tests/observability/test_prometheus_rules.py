@@ -16,6 +16,8 @@ from berth_operator.resource import Phase
 from service.core import metrics as core_metrics
 from service.core.ratelimit import RULES
 from service.core.store import RedisErrorKind
+from service.identity.metrics import LoginOutcome, RefreshOutcome
+from service.submissions.metrics import Outcome
 from service.tenants.metrics import EVICTION_REASONS
 from tests.charts.support import Chart
 from tests.observability.support import (
@@ -108,8 +110,9 @@ LABEL_VALUES = {
     "reason": set(EVICTION_REASONS),
     "kind": {k.value for k in RedisErrorKind} | {k.value for k in core_metrics.DbErrorKind},
     "rule": set(RULES),
+    "outcome": {o.value for o in (*Outcome, *LoginOutcome, *RefreshOutcome)},
 }
-LABEL_MATCHER = re.compile(r'\b(result|phase|reason|kind|rule)(?:=~|!~|=|!=)"([^"]+)"')
+LABEL_MATCHER = re.compile(r'\b(result|phase|reason|kind|rule|outcome)(?:=~|!~|=|!=)"([^"]+)"')
 
 
 @pytest.mark.parametrize("rules", RULE_FILES, ids=[p.stem for p in RULE_FILES])

@@ -1,7 +1,7 @@
 """Fixtures for the operator: a namespace of its own on the session's real Kubernetes API
-server (tests/conftest.py: `kube_server`, CRD installed), the real PostgreSQL, and a reconciler
-wired as the operator wires it, acting as the cluster admin (the end-to-end test binds the
-chart's RBAC)."""
+server (tests/conftest.py: `kube_server`, CRD installed), the real PostgreSQL, the session's
+MongoDB-protocol server with authentication on (`mongo_admin`), and a reconciler wired as the
+operator wires it, acting as the cluster admin (the end-to-end test binds the chart's RBAC)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event, Namespace, Secret
 from lightkube.types import PatchType
+from pymongo import MongoClient
 
 from service.tenants.postgres import tenant_names
+from tests.mongo_server import MongoServer
 from tests.support import PG_ADMIN_URL, asyncpg_dsn
 
 SERVER_SECRET = "pg"
+MONGO_SECRET = "mongo"
 REGISTRY_SECRET = "berth-tenant-registry"
 
 
@@ -155,6 +158,7 @@ def make_reconciler(cluster: Cluster) -> ReconcilerFactory:
             "namespaces": [cluster.namespace],
             "registry_secret": REGISTRY_SECRET,
             "default_server": ServerSecret(name=SERVER_SECRET, namespace=cluster.namespace),
+            "default_mongo_server": ServerSecret(name=MONGO_SECRET, namespace=cluster.namespace),
             "retry_first_seconds": 1,
         }
         settings = OperatorSettings(**(values | overrides))
@@ -174,6 +178,22 @@ def make_reconciler(cluster: Cluster) -> ReconcilerFactory:
 @pytest.fixture
 def reconciler(make_reconciler: ReconcilerFactory) -> Reconciler:
     return make_reconciler()
+
+
+@pytest.fixture
+async def mongo_admin(
+    cluster: Cluster, mongo_auth_server: MongoServer
+) -> AsyncIterator[MongoServer]:
+    """The default MongoDB server of `cluster`'s reconcilers: its Secret `mongo` holds the
+    auth server's root URL. Every database the test made is dropped after, with its users."""
+    await cluster.put_secret(MONGO_SECRET, {"url": mongo_auth_server.url})
+    admin: MongoClient[dict[str, Any]]
+    with MongoClient(mongo_auth_server.url) as admin:
+        before = set(admin.list_database_names())
+        yield mongo_auth_server
+        for name in set(admin.list_database_names()) - before:
+            admin[name].command("dropAllUsersFromDatabase")
+            admin.drop_database(name)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from berth_operator.config import load_operator_settings, operator_env_name
+from berth_operator.config import POD_NAMESPACE_ENV, load_operator_settings, operator_env_name
 
 from service.core.config import ConfigError
 
@@ -43,3 +43,22 @@ def test_a_fractional_lease_duration_is_refused(monkeypatch: pytest.MonkeyPatch)
 
     with pytest.raises(ConfigError, match="DURATION_SECONDS"):
         load_operator_settings()
+
+
+def test_the_default_mongo_server_comes_from_the_variables_the_chart_sets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(POD_NAMESPACE_ENV, "berth")
+    monkeypatch.setenv("BERTH_OPERATOR__DEFAULT_MONGO_SERVER__NAME", "berth-mongo-admin")
+
+    settings = load_operator_settings()
+
+    assert (settings.default_mongo_server.name, settings.default_mongo_server.key) == (
+        "berth-mongo-admin", "url",
+    )  # fmt: skip
+    assert settings.default_mongo_server_namespace == "berth"
+    monkeypatch.setenv("BERTH_OPERATOR__DEFAULT_MONGO_SERVER__KEY", "admin-url")
+    monkeypatch.setenv("BERTH_OPERATOR__DEFAULT_MONGO_SERVER__NAMESPACE", "databases")
+    settings = load_operator_settings()
+    assert settings.default_mongo_server.key == "admin-url"
+    assert settings.default_mongo_server_namespace == "databases"

@@ -9,9 +9,13 @@ import yaml
 from berth_operator.crd import SERVER_IMMUTABLE_MESSAGE, render_yaml, tenant_crd
 from berth_operator.resource import (
     CRD_NAME,
+    MONGO_DATABASE_MESSAGE,
+    MONGO_DATABASE_RULE,
     TENANT_NAME_MESSAGE,
+    MongoSpec,
     PostgresSpec,
     SecretKeyRef,
+    Tenant,
     TenantSpec,
     TenantStatus,
 )
@@ -54,6 +58,9 @@ def test_every_field_of_the_models_is_in_the_schema_by_its_json_name() -> None:
     assert set(spec["properties"]) == names(TenantSpec)
     assert set(postgres["properties"]) == names(PostgresSpec)
     assert set(postgres["properties"]["serverSecretRef"]["properties"]) == names(SecretKeyRef)
+    mongo = spec["properties"]["mongo"]
+    assert set(mongo["properties"]) == names(MongoSpec)
+    assert set(mongo["properties"]["serverSecretRef"]["properties"]) == names(SecretKeyRef)
     assert set(schema()["properties"]["status"]["properties"]) == names(TenantStatus)
 
 
@@ -77,3 +84,13 @@ def test_the_api_server_accepts_it_with_server_side_validation(kube_server: ApiS
 
     assert CRD_NAME in result.stdout
     assert SERVER_IMMUTABLE_MESSAGE in render_yaml()
+
+
+def test_a_mongo_database_is_refused_by_the_schema_and_by_the_operator_alike() -> None:
+    database = schema()["properties"]["spec"]["properties"]["mongo"]["properties"]["database"]
+
+    assert database["x-kubernetes-validations"] == [
+        {"rule": MONGO_DATABASE_RULE, "message": MONGO_DATABASE_MESSAGE}
+    ]
+    for name in ("admin", "a.b"):
+        assert Tenant.from_body({"spec": {"mongo": {"database": name}}}).problem is not None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncpg
 import httpx2
 import psycopg
+import pymongo.errors
 import pytest
 from berth_operator.errors import (
+    NoMongoServer,
     NoServer,
     ServerSecretMissing,
     classify,
@@ -19,6 +21,7 @@ from berth_operator.status import Step
 from sqlalchemy.exc import ArgumentError
 
 from service.core.logging import REDACTED
+from service.tenants.mongo_users import InvalidMongoUrl, MongoUnreachable
 from service.tenants.postgres import OwnershipConflict, ProvisioningError, ServerUnreachable
 
 
@@ -39,6 +42,11 @@ from service.tenants.postgres import OwnershipConflict, ProvisioningError, Serve
         (asyncpg.CannotConnectNowError("starting"), "DatabaseUnavailable", True),
         (psycopg.errors.InsufficientPrivilege("denied"), "DatabaseError", False),
         (httpx2.ConnectError("no route"), "KubernetesApiError", True),
+        (NoMongoServer("no mongo server"), "NoMongoServer", False),
+        (MongoUnreachable("cannot reach MongoDB"), "MongoUnavailable", True),
+        (pymongo.errors.ServerSelectionTimeoutError("no primary"), "MongoUnavailable", True),
+        (InvalidMongoUrl("not a MongoDB URL"), "InvalidMongoUrl", False),
+        (pymongo.errors.OperationFailure("not authorized", code=13), "MongoError", False),
         (KeyError("surprise"), "InternalError", True),
     ],
 )

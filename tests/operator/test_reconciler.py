@@ -119,9 +119,11 @@ async def test_a_tenant_becomes_ready_with_its_secret_registry_key_and_status(
     assert tenant.status.phase is Phase.READY
     assert (tenant.status.database, tenant.status.schema_version) == (names.database, tenant_head())
     assert tenant.status.observed_generation == tenant.generation
+    # MongoReady only for a Tenant that asks for MongoDB (test_reconciler_mongo.py).
     assert {c.type: c.status for c in tenant.status.conditions} == dict.fromkeys(
-        ConditionType, ConditionStatus.TRUE
+        set(ConditionType) - {ConditionType.MONGO_READY}, ConditionStatus.TRUE
     )
+    assert tenant.status.mongo is None
     reasons = sorted(reason for _, reason, _ in await cluster.events(slug))
     assert reasons == ["Migrated", "Provisioned", "Ready"]
 

@@ -10,13 +10,16 @@ import pytest
 from berth_operator.registry import entry_value
 from berth_operator.render import (
     CREDENTIAL_KEYS,
+    MONGO_CREDENTIAL_KEYS,
     credentials_data,
     credentials_secret_name,
+    registered_mongo_password,
     registered_password,
     registry_entry,
 )
 from berth_operator.resource import Tenant
 
+from service.tenants.mongo_users import MongoProvisioned, mongo_names, tenant_mongo_url
 from service.tenants.postgres import Owner, ProvisioningError, tenant_names
 from service.tenants.registry import entry_json
 from service.tenants.schemas import TenantEntry, TenantStatus
@@ -132,3 +135,44 @@ def test_annotations_ask_for_rotation_and_for_skipping_cleanup() -> None:
     parsed = Tenant.from_body(body)
 
     assert (parsed.rotation_request, parsed.skips_cleanup, parsed.is_deleting) == ("2", True, True)
+
+
+MONGO_ADMIN = "mongodb://root:r00t@mongo-0:27017/?authSource=admin&tls=true"
+
+
+def mongo_of(slug: str, password: str = "m/pw") -> MongoProvisioned:
+    names = mongo_names(slug)
+    url = tenant_mongo_url(MONGO_ADMIN, names, password)
+    return MongoProvisioned(names=names, url=url, password=password, changes=())
+
+
+def test_with_mongo_the_secret_and_the_entry_hold_its_url_and_database() -> None:
+    mongo = mongo_of("big-co")
+    url = "postgresql+asyncpg://tenant_big_co:pw@db:5432/tenant_big_co"
+
+    data = credentials_data(ADMIN, tenant_names("big-co"), "pw-123", mongo)
+    entry = registry_entry(tenant("big-co", mongo={"enabled": True}), url, "0001", mongo)
+
+    assert tuple(data) == CREDENTIAL_KEYS + MONGO_CREDENTIAL_KEYS
+    assert {key: data[key] for key in MONGO_CREDENTIAL_KEYS} == {
+        "mongo_url": "mongodb://berth_big-co:m%2Fpw@mongo-0:27017/berth_big-co"
+        "?tls=true&authSource=berth_big-co",
+        "mongo_database": "berth_big-co",
+        "mongo_username": "berth_big-co",
+        "mongo_password": "m/pw",
+    }
+    assert entry.mongo_url is not None
+    assert entry.mongo_url.get_secret_value() == data["mongo_url"]
+    assert entry.mongo_database == "berth_big-co"
+    assert "m%2Fpw" not in repr(entry) + repr(mongo)
+
+
+def test_the_mongo_password_is_recovered_only_from_an_entry_for_this_user() -> None:
+    url = "postgresql+asyncpg://tenant_acme:pw@db:5432/tenant_acme"
+    entry = entry_value(registry_entry(tenant(), url, None, mongo_of("acme")))
+
+    assert registered_mongo_password(entry, mongo_names("acme")) == "m/pw"
+    assert registered_mongo_password(entry, mongo_names("other")) is None
+    assert registered_mongo_password(entry_value(registry_entry(tenant(), url, None)),
+                                     mongo_names("acme")) is None  # fmt: skip
+    assert registered_mongo_password("not json", mongo_names("acme")) is None

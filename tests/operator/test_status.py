@@ -1,11 +1,21 @@
 """Status rendering: conditions move their lastTransitionTime only when their status moves,
-a failure says which step and why, and only news makes an Event."""
+a failure says which step and why, only news makes an Event, and MongoReady is there only
+for a Tenant that asks for MongoDB."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from berth_operator import status as statuses
-from berth_operator.resource import ConditionStatus, ConditionType, Phase, ServerRef, TenantStatus
+from berth_operator.resource import (
+    ConditionStatus,
+    ConditionType,
+    MongoStatus,
+    Phase,
+    ServerRef,
+    TenantStatus,
+)
 from berth_operator.status import Failure, Provisioned, Step
 
 SERVER = ServerRef(secret_namespace="prod", secret_name="pg", secret_key="url")
@@ -17,19 +27,43 @@ DONE = Provisioned(
     rotation=None,
     suspended=False,
 )
+MONGO = MongoStatus(
+    server=ServerRef(secret_namespace="prod", secret_name="mongo", secret_key="url"),
+    database="berth_acme",
+    user="berth_acme",
+)
+WITH_MONGO = dataclasses.replace(DONE, mongo=MONGO)
+WITHOUT_MONGO = [kind for kind in statuses.CONDITION_ORDER if kind is not ConditionType.MONGO_READY]
 
 
 def of(status: TenantStatus) -> dict[ConditionType, tuple[ConditionStatus, str]]:
     return {c.type: (c.status, c.reason) for c in status.conditions}
 
 
-def test_a_new_tenant_is_provisioning_with_every_condition_unknown() -> None:
-    first = statuses.provisioning(TenantStatus(), SERVER, generation=1)
+@pytest.mark.parametrize(
+    ("mongo", "kinds"), [(False, WITHOUT_MONGO), (True, list(statuses.CONDITION_ORDER))]
+)
+def test_a_new_tenant_is_provisioning_with_every_condition_it_asks_for_unknown(
+    mongo: bool, kinds: list[ConditionType]
+) -> None:
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=1, mongo=mongo)
 
     assert first.phase is Phase.PROVISIONING
     assert first.server == SERVER
     assert {status for status, _ in of(first).values()} == {ConditionStatus.UNKNOWN}
-    assert [c.type for c in first.conditions] == list(statuses.CONDITION_ORDER)
+    assert [c.type for c in first.conditions] == kinds
+
+
+def test_ready_with_mongo_reports_the_user_and_without_it_drops_the_condition() -> None:
+    with_mongo = statuses.ready(TenantStatus(), WITH_MONGO, generation=1)
+    disabled = statuses.ready(with_mongo, DONE, generation=2)
+
+    mongo_ready = next(c for c in with_mongo.conditions if c.type is ConditionType.MONGO_READY)
+    assert (mongo_ready.status, mongo_ready.reason) == (ConditionStatus.TRUE, "Provisioned")
+    assert "berth_acme" in mongo_ready.message
+    assert with_mongo.mongo == MONGO
+    assert [c.type for c in disabled.conditions] == WITHOUT_MONGO
+    assert disabled.mongo is None
 
 
 def test_ready_sets_everything_and_observes_the_generation() -> None:
@@ -71,6 +105,7 @@ def test_a_transition_time_moves_only_when_the_status_does() -> None:
         (Step.SERVER, ConditionType.DATABASE_READY),
         (Step.DATABASE, ConditionType.DATABASE_READY),
         (Step.MIGRATIONS, ConditionType.MIGRATED),
+        (Step.MONGO, ConditionType.MONGO_READY),
         (Step.CREDENTIALS, ConditionType.CREDENTIALS_READY),
         (Step.REGISTRY, ConditionType.READY),
     ],
@@ -78,9 +113,10 @@ def test_a_transition_time_moves_only_when_the_status_does() -> None:
 def test_a_failure_names_its_step_and_keeps_the_steps_before_it(
     step: Step, condition: ConditionType
 ) -> None:
-    first = statuses.provisioning(TenantStatus(), SERVER, generation=1)
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=1, mongo=True)
+    failure = Failure(step, "Why", "what", temporary=True)
 
-    failed = statuses.failed(first, Failure(step, "Why", "what", temporary=True), generation=1)
+    failed = statuses.failed(first, failure, generation=1, mongo=True)
 
     conditions = of(failed)
     assert conditions[condition] == (ConditionStatus.FALSE, "Why")
@@ -88,6 +124,16 @@ def test_a_failure_names_its_step_and_keeps_the_steps_before_it(
     before = statuses.CONDITION_OF[list(Step)[max(list(Step).index(step) - 1, 0)]]
     if before is not condition:
         assert conditions[before][0] is ConditionStatus.TRUE
+
+
+def test_a_later_failure_of_a_tenant_without_mongo_invents_no_mongo_condition() -> None:
+    first = statuses.provisioning(TenantStatus(), SERVER, generation=1)
+    failure = Failure(Step.REGISTRY, "RegistryConflict", "busy", temporary=True)
+
+    failed = statuses.failed(first, failure, generation=1)
+
+    assert ConditionType.MONGO_READY not in of(failed)
+    assert of(failed)[ConditionType.CREDENTIALS_READY] == (ConditionStatus.TRUE, "Done")
 
 
 def test_temporary_failures_keep_provisioning_permanent_ones_fail_and_observe() -> None:

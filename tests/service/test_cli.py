@@ -36,11 +36,13 @@ PRODUCTION = {
     "BERTH_ENVIRONMENT": "production",
     "BERTH_DATABASE__URL": "postgresql+asyncpg://berth@db.internal:5432/berth",
     "BERTH_REDIS__URL": "redis://redis.internal:6379/0",
+    "BERTH_MONGO__URL": "mongodb://mongo.internal:27017",
     "BERTH_AUTH__JWT_SECRET": SAFE_SECRET,
     "BERTH_PAGINATION__CURSOR_SECRET": "c" * 48,
 }
 JWT = "BERTH_AUTH__JWT_SECRET"
 CURSOR = "BERTH_PAGINATION__CURSOR_SECRET"
+MONGO = "BERTH_MONGO__URL"
 CORS = "BERTH_HTTP__CORS_ORIGINS"
 DOCS = "BERTH_HTTP__DOCS_ENABLED"
 DATABASE = "BERTH_DATABASE__URL"
@@ -100,7 +102,7 @@ UNSAFE_PRODUCTION = [
     pytest.param(production(drop=(REDIS,)), {REDIS}, id="no-redis-url"),
     pytest.param(
         {"BERTH_ENVIRONMENT": "production"},
-        {JWT, DATABASE, REDIS, CURSOR},
+        {JWT, DATABASE, REDIS, CURSOR, MONGO},
         id="all-local-defaults",
     ),
 ]

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.mongo_server import MongoServer
 from tests.support import FAST_ARGON2, Spawned, free_port, process_env
 
 EXAMPLES_PER_OPERATION = 30
@@ -62,11 +63,16 @@ def _wait_live(base_url: str, server: Spawned) -> None:
 
 
 @pytest.fixture(scope="module")
-def contract_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractServer]:
+def contract_server(
+    tmp_path_factory: pytest.TempPathFactory, mongo_server: MongoServer
+) -> Iterator[ContractServer]:
     workdir = tmp_path_factory.mktemp("contract")
     port = free_port()
     env = process_env(
         BERTH_ENVIRONMENT="test",
+        # Submissions on the real test server, so their real paths are fuzzed, not a 503.
+        BERTH_MONGO__URL=mongo_server.url,
+        BERTH_MONGO__DATABASE_PREFIX=f"contract{port}_",
         BERTH_HTTP__PORT=str(port),
         BERTH_OBSERVABILITY__LOG_FORMAT="json",
         BERTH_OBSERVABILITY__LOG_LEVEL="WARNING",

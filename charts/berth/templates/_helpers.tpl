@@ -61,12 +61,23 @@ app.kubernetes.io/component: operator
 {{- default (include "berth.fullname" .) .Values.existingSecret }}
 {{- end }}
 
+{{/* Whether the service cannot start without a MongoDB URL: a production start with
+     submissions on refuses to run without one (service/core/config.py, production_problems). */}}
+{{- define "berth.mongoRequired" -}}
+{{- if and .Values.submissions.enabled (eq .Values.environment "production") }}true{{ end }}
+{{- end }}
+
 {{/* The chart's own Secret data; `required` makes a missing one fail `helm install`. */}}
 {{- define "berth.secretData" -}}
 database-url: {{ required "database.url is required (postgresql+asyncpg://user:pass@host:5432/berth), or set existingSecret" .Values.database.url | b64enc | quote }}
 redis-url: {{ required "redis.url is required (redis://host:6379/0), or set existingSecret" .Values.redis.url | b64enc | quote }}
 jwt-secret: {{ required "auth.jwtSecret is required (openssl rand -base64 48), or set existingSecret" .Values.auth.jwtSecret | b64enc | quote }}
 cursor-secret: {{ required "pagination.cursorSecret is required (openssl rand -base64 48), or set existingSecret" .Values.pagination.cursorSecret | b64enc | quote }}
+{{- if include "berth.mongoRequired" . }}
+mongo-url: {{ required "mongo.url is required while submissions.enabled in production (mongodb://user:pass@host:27017/?authSource=admin), or set existingSecret (key mongo-url), or submissions.enabled=false" .Values.mongo.url | b64enc | quote }}
+{{- else if .Values.mongo.url }}
+mongo-url: {{ .Values.mongo.url | b64enc | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Settings that are not secret, as environment variables (the ConfigMap's data). */}}
@@ -78,24 +89,42 @@ BERTH_HTTP__GRACEFUL_SHUTDOWN_SECONDS: {{ .Values.shutdown.drainSeconds | quote 
 BERTH_OBSERVABILITY__METRICS_PORT: {{ .Values.metrics.port | quote }}
 BERTH_TENANTS__REGISTRY_DIR: {{ include "berth.registryDir" . | quote }}
 BERTH_OBSERVABILITY__LOG_FORMAT: "json"
+BERTH_SUBMISSIONS__ENABLED: {{ .Values.submissions.enabled | quote }}
+BERTH_SUBMISSIONS__WORKER_ENABLED: {{ .Values.submissions.workerEnabled | quote }}
+BERTH_SUBMISSIONS__WORKER_CONCURRENCY: {{ .Values.submissions.workerConcurrency | quote }}
 {{- range $name, $value := .Values.config }}
 {{ $name }}: {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
 
-{{/* The secret settings by environment name, from the Secret named by the argument. */}}
+{{/* The secret settings by environment name, from the Secret `secret` (the release's, or
+     its hook copy): {root: ., secret: name}. */}}
 {{- define "berth.secretEnvFrom" -}}
+{{- $secret := .secret }}
 {{- range $env, $key := dict "BERTH_DATABASE__URL" "database-url" "BERTH_REDIS__URL" "redis-url" "BERTH_AUTH__JWT_SECRET" "jwt-secret" "BERTH_PAGINATION__CURSOR_SECRET" "cursor-secret" }}
 - name: {{ $env }}
   valueFrom:
     secretKeyRef:
-      name: {{ $ }}
+      name: {{ $secret }}
       key: {{ $key }}
+{{- end }}
+{{- $values := .root.Values }}
+{{- if or $values.existingSecret $values.mongo.url }}
+{{- /* The user's Secret may lack the key where the service starts without it (`optional`);
+       where it cannot, a missing key stops the pod naming the key, before the service runs. */}}
+- name: BERTH_MONGO__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: mongo-url
+      {{- if and $values.existingSecret (not (include "berth.mongoRequired" .root)) }}
+      optional: true
+      {{- end }}
 {{- end }}
 {{- end }}
 
 {{- define "berth.secretEnv" -}}
-{{- include "berth.secretEnvFrom" (include "berth.secretName" .) }}
+{{- include "berth.secretEnvFrom" (dict "root" . "secret" (include "berth.secretName" .)) }}
 {{- end }}
 
 {{- define "berth.containerPort" -}}8000{{- end }}
@@ -143,6 +172,18 @@ seccompProfile:
 {{- $secret := "" }}
 {{- if not .Values.existingSecret }}{{ $secret = include "berth.secretData" . }}{{ end }}
 {{- printf "%s%s" (include "berth.configData" .) $secret | sha256sum }}
+{{- end }}
+
+{{/* Operator: the Secret holding the default MongoDB server's admin URL (the user's, or the
+     chart's own from operator.defaultMongoServer.url); "" = none. */}}
+{{- define "berth.operatorMongoSecretName" -}}
+{{- $server := .Values.operator.defaultMongoServer }}
+{{- if and $server.url $server.secretName }}
+{{- fail "operator.defaultMongoServer: set url or secretName, not both" }}
+{{- end }}
+{{- if $server.secretName }}{{ $server.secretName }}
+{{- else if $server.url }}{{ include "berth.fullname" . }}-operator-mongo
+{{- end }}
 {{- end }}
 
 {{/* Operator: the namespaces it watches; "" = every namespace. */}}

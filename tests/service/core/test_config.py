@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from pydantic import ValidationError
 
 from service.core.config import (
     ConfigError,
@@ -20,6 +21,7 @@ SAFE_PRODUCTION = {
     "environment": "production",
     "database": {"url": "postgresql+asyncpg://berth:pw@db:5432/berth"},
     "redis": {"url": "redis://redis:6379/0"},
+    "mongo": {"url": "mongodb://mongo:27017"},
     "auth": {"jwt_secret": STRONG_SECRET},
     "pagination": {"cursor_secret": "c" * 48},
 }
@@ -143,3 +145,26 @@ def test_production_app_has_no_docs(make_settings: Callable[..., Settings]) -> N
     paths = {getattr(route, "path", None) for route in app.routes}
     assert "/docs" not in paths
     assert "/openapi.json" not in paths
+
+
+def test_production_refuses_submissions_without_mongodb() -> None:
+    problems = production_problems(production(mongo={"url": None}))
+
+    assert problems == [
+        "BERTH_MONGO__URL: submissions are enabled and need MongoDB (set it, or "
+        "BERTH_SUBMISSIONS__ENABLED=false)"
+    ]
+
+
+def test_production_without_mongodb_is_fine_when_submissions_are_off() -> None:
+    settings = production(mongo={"url": None}, submissions={"enabled": False})
+
+    assert production_problems(settings) == []
+
+
+def test_duty_rates_are_bounded_and_keyed_by_upper_case_country() -> None:
+    settings = Settings(_env_file=None, submissions={"duty_rates": {"cn": 0.1}})
+
+    assert settings.submissions.duty_rates == {"CN": 0.1}
+    with pytest.raises(ValidationError, match="bad: DE"):
+        Settings(_env_file=None, submissions={"duty_rates": {"DE": 11}})

@@ -47,8 +47,11 @@ async def test_ready_reports_each_check_with_latency(relayed_client) -> None:
     assert response.json()["status"] == "ok"
     assert response.json()["checked_at"].endswith("Z")  # berth's one timestamp format
     checks = checks_of(response)
-    assert set(checks) == {"database", "redis"}
-    assert all(c["status"] == "ok" and c["latency_ms"] >= 0 for c in checks.values())
+    assert set(checks) == {"database", "redis", "mongo"}
+    assert all(checks[name]["status"] == "ok" and checks[name]["latency_ms"] >= 0
+               for name in ("database", "redis"))  # fmt: skip
+    # No BERTH_MONGO__URL here: reported, not failed.
+    assert (checks["mongo"]["status"], checks["mongo"]["required"]) == ("not_configured", False)
 
 
 async def test_ready_is_503_while_postgres_is_unreachable_and_recovers(

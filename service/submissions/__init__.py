@@ -1,0 +1,1 @@
+"""Tenant documents: customs-style declarations on MongoDB, processed in the background."""

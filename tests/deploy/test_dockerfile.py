@@ -423,3 +423,22 @@ def test_the_dev_stage_keeps_the_sources_editable_for_the_skaffold_sync() -> Non
     assert "chown -R 10001:10001 /app" in sync.body()
     assert dev.all("USER")[-1].body() == "10001:10001"
     assert stages()[-1].name == "runtime"  # what `docker build` makes by default
+
+
+def test_the_image_never_installs_the_test_mongodb_server() -> None:
+    """secantusdb (GPL-2.0, beta) is a dev and test tool: the image installs `--no-dev`, and
+    what that resolves to from uv.lock leaves it out while the dev set has it."""
+    uv = REPOSITORY / ".tools" / "bin" / "uv"
+    if not uv.is_file():
+        uv = require_tool("uv")
+
+    def exported(*flags: str) -> str:
+        result = subprocess.run(
+            [str(uv), "export", "--locked", "--no-hashes", "--extra", "tracing", *flags],
+            cwd=REPOSITORY, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    assert "--no-dev" in DOCKERFILE.read_text(encoding="utf-8")
+    assert "secantusdb==" not in exported("--no-dev")
+    assert "secantusdb==" in exported()

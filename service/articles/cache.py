@@ -1,7 +1,9 @@
-"""Rendered articles in the key-value store, by tenant and slug, always with a TTL."""
+"""Rendered articles and list pages in the key-value store, by tenant, always with a TTL."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass
 
 from service.core.metrics import CacheLookups
@@ -54,3 +56,71 @@ class ArticleCache:
     async def forget(self, tenant_slug: str, *slugs: str) -> None:
         if self.enabled and slugs:
             await self.store.delete(*(_key(tenant_slug, slug) for slug in slugs))
+
+
+ARTICLE_PAGE_CACHE = "article_page"  # its `cache` label on berth_cache_lookups_total
+# A tenant's generation outlives every page cached under it by far (pages: the article TTL).
+GENERATION_TTL_SECONDS = 7 * 86_400
+
+
+def _generation_key(tenant_slug: str) -> str:
+    return f"berth:t:{tenant_slug}:articles:generation"
+
+
+def _page_key(tenant_slug: str, generation: str, listing: str) -> str:
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:32]
+    return f"berth:t:{tenant_slug}:articles:{generation}:{digest}"
+
+
+class ArticlePageCache:
+    """Rendered list pages by tenant, under the tenant's current generation.
+
+    Every committed article write gives the tenant a new generation (a random token, so one
+    never comes back), and pages are keyed by it: a write makes every earlier page of the
+    tenant unreachable at once, with no scan and no delete. The generation is read before the
+    database, so a page computed while a write commits is stored under the generation it
+    read, which the write has already replaced.
+    """
+
+    def __init__(
+        self, store: KeyValueStore, ttl_seconds: int, *, enabled: bool, lookups: CacheLookups
+    ) -> None:
+        self.store = store
+        self.ttl_seconds = ttl_seconds
+        self.enabled = enabled
+        self.lookups = lookups
+
+    async def generation(self, tenant_slug: str) -> str | None:
+        """The tenant's current generation (made when it has none); None when disabled."""
+        if not self.enabled:
+            return None
+        current = await self.store.get(_generation_key(tenant_slug))
+        if current is not None:
+            return current.decode()
+        return await self._new_generation(tenant_slug)
+
+    async def get(self, tenant_slug: str, generation: str | None, listing: str) -> bytes | None:
+        if generation is None:
+            return None
+        cached = await self.store.get(_page_key(tenant_slug, generation, listing))
+        (self.lookups.miss if cached is None else self.lookups.hit).inc()
+        return cached
+
+    async def put(
+        self, tenant_slug: str, generation: str | None, listing: str, body: bytes
+    ) -> None:
+        if generation is not None:
+            key = _page_key(tenant_slug, generation, listing)
+            await self.store.set(key, body, self.ttl_seconds)
+
+    async def bump(self, tenant_slug: str) -> None:
+        """A new generation for the tenant (after a write commits): every page goes stale."""
+        if self.enabled:
+            await self._new_generation(tenant_slug)
+
+    async def _new_generation(self, tenant_slug: str) -> str:
+        generation = secrets.token_hex(8)
+        await self.store.set(
+            _generation_key(tenant_slug), generation.encode(), GENERATION_TTL_SECONDS
+        )
+        return generation

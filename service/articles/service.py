@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 
-from service.articles.cache import ArticleCache, RenderedArticle
+from service.articles.cache import ArticleCache, ArticlePageCache, RenderedArticle
 from service.articles.metrics import ArticleMetrics, ArticleOperation
 from service.articles.models import Article
 from service.articles.repository import ArticleRecord, ArticleRepository, slug_taken_message
@@ -79,8 +79,15 @@ def _distinct(names: Iterable[str]) -> list[str]:
 
 
 class ArticleService:
-    def __init__(self, cache: ArticleCache, cursors: CursorSigner, metrics: ArticleMetrics) -> None:
+    def __init__(
+        self,
+        cache: ArticleCache,
+        pages: ArticlePageCache,
+        cursors: CursorSigner,
+        metrics: ArticleMetrics,
+    ) -> None:
         self.cache = cache
+        self.pages = pages
         self.cursors = cursors
         self.metrics = metrics
 
@@ -99,17 +106,28 @@ class ArticleService:
 
     async def list_page(
         self, scope: TenantScope, filters: ArticleFilters, cursor: str | None, limit: int
-    ) -> ArticlePage:
+    ) -> bytes:
+        """The page as sent (JSON), from the page cache when this tenant's articles have not
+        changed since it was rendered."""
+        tenant = scope.tenant.slug
+        listing = f"{filters.model_dump_json()}|{cursor}|{limit}"
+        generation = await self.pages.generation(tenant)  # before the database: see the cache
+        cached = await self.pages.get(tenant, generation, listing)
+        if cached is not None:
+            return cached
         repository = ArticleRepository(scope.session)
-        return await keyset_page(
+        page: ArticlePage = await keyset_page(
             partial(repository.list_page, filters),
             to_out,
             signer=self.cursors,
             # A cursor continues only this tenant's listing with these filters.
-            scope=f"{scope.tenant.slug}|{filters.model_dump_json()}",
+            scope=f"{tenant}|{filters.model_dump_json()}",
             cursor=cursor,
             limit=limit,
         )
+        body = page.model_dump_json().encode()
+        await self.pages.put(tenant, generation, listing, body)
+        return body
 
     async def create(
         self, scope: TenantScope, actor: Actor, data: ArticleCreate
@@ -127,6 +145,7 @@ class ArticleService:
         )
         article.tags = await repository.tags_named(_distinct(data.tags))
         await repository.add(article)
+        self._pages_stale_after_commit(scope)
         after_commit(scope.session, self.metrics.committed(ArticleOperation.CREATE))
         return render(article)
 
@@ -185,3 +204,7 @@ class ArticleService:
 
     def _forget_after_commit(self, scope: TenantScope, *slugs: str) -> None:
         after_commit(scope.session, partial(self.cache.forget, scope.tenant.slug, *slugs))
+        self._pages_stale_after_commit(scope)
+
+    def _pages_stale_after_commit(self, scope: TenantScope) -> None:
+        after_commit(scope.session, partial(self.pages.bump, scope.tenant.slug))

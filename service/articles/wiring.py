@@ -1,8 +1,8 @@
-"""The articles part of the app's container: the service, its cache and cursor signer."""
+"""The articles part of the app's container: the service, its caches and cursor signer."""
 
 from __future__ import annotations
 
-from service.articles.cache import ARTICLE_CACHE, ArticleCache
+from service.articles.cache import ARTICLE_CACHE, ARTICLE_PAGE_CACHE, ArticleCache, ArticlePageCache
 from service.articles.metrics import ArticleMetrics
 from service.articles.service import ArticleService
 from service.core.config import Settings
@@ -21,10 +21,16 @@ def build_articles(settings: Settings, store: KeyValueStore, metrics: Metrics) -
         enabled=settings.cache.enabled,
         lookups=metrics.cache_lookups_of(ARTICLE_CACHE),
     )
+    pages = ArticlePageCache(
+        store,
+        settings.cache.article_ttl_seconds,
+        enabled=settings.cache.enabled,
+        lookups=metrics.cache_lookups_of(ARTICLE_PAGE_CACHE),
+    )
     cursors = CursorSigner(
         settings.pagination.cursor_secret.get_secret_value().encode(), ARTICLES_CURSOR_KIND
     )
-    return ArticleService(cache, cursors, ArticleMetrics(metrics.registry))
+    return ArticleService(cache, pages, cursors, ArticleMetrics(metrics.registry))
 
 
 ARTICLES: AppSlot[ArticleService] = AppSlot("articles")

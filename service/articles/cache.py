@@ -26,16 +26,19 @@ def _key(tenant_slug: str, slug: str) -> str:
     return f"berth:t:{tenant_slug}:article:{slug}"
 
 
-class ArticleCache:
-    """One per app; `enabled=False` makes every read a miss and every write a no-op."""
+@dataclass
+class _StoreCache:
+    """A cache in the key-value store; `enabled=False` makes every read a miss and every
+    write a no-op."""
 
-    def __init__(
-        self, store: KeyValueStore, ttl_seconds: int, *, enabled: bool, lookups: CacheLookups
-    ) -> None:
-        self.store = store
-        self.ttl_seconds = ttl_seconds
-        self.enabled = enabled
-        self.lookups = lookups
+    store: KeyValueStore
+    ttl_seconds: int
+    enabled: bool
+    lookups: CacheLookups
+
+
+class ArticleCache(_StoreCache):
+    """Rendered articles by tenant and slug; one per app."""
 
     async def get(self, tenant_slug: str, slug: str) -> RenderedArticle | None:
         if not self.enabled:
@@ -72,7 +75,7 @@ def _page_key(tenant_slug: str, generation: str, listing: str) -> str:
     return f"berth:t:{tenant_slug}:articles:{generation}:{digest}"
 
 
-class ArticlePageCache:
+class ArticlePageCache(_StoreCache):
     """Rendered list pages by tenant, under the tenant's current generation.
 
     Every committed article write gives the tenant a new generation (a random token, so one
@@ -81,14 +84,6 @@ class ArticlePageCache:
     database, so a page computed while a write commits is stored under the generation it
     read, which the write has already replaced.
     """
-
-    def __init__(
-        self, store: KeyValueStore, ttl_seconds: int, *, enabled: bool, lookups: CacheLookups
-    ) -> None:
-        self.store = store
-        self.ttl_seconds = ttl_seconds
-        self.enabled = enabled
-        self.lookups = lookups
 
     async def generation(self, tenant_slug: str) -> str | None:
         """The tenant's current generation (made when it has none); None when disabled."""

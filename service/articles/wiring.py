@@ -15,18 +15,9 @@ ARTICLES_CURSOR_KIND = "articles"
 
 
 def build_articles(settings: Settings, store: KeyValueStore, metrics: Metrics) -> ArticleService:
-    cache = ArticleCache(
-        store,
-        settings.cache.article_ttl_seconds,
-        enabled=settings.cache.enabled,
-        lookups=metrics.cache_lookups_of(ARTICLE_CACHE),
-    )
-    pages = ArticlePageCache(
-        store,
-        settings.cache.article_ttl_seconds,
-        enabled=settings.cache.enabled,
-        lookups=metrics.cache_lookups_of(ARTICLE_PAGE_CACHE),
-    )
+    ttl, enabled = settings.cache.article_ttl_seconds, settings.cache.enabled
+    cache = ArticleCache(store, ttl, enabled, metrics.cache_lookups_of(ARTICLE_CACHE))
+    pages = ArticlePageCache(store, ttl, enabled, metrics.cache_lookups_of(ARTICLE_PAGE_CACHE))
     cursors = CursorSigner(
         settings.pagination.cursor_secret.get_secret_value().encode(), ARTICLES_CURSOR_KIND
     )

@@ -114,11 +114,6 @@ class TenantDocuments:
         self._server: AsyncMongoClient[MongoDocument] | None = None
 
     @property
-    def is_configured(self) -> bool:
-        """Whether documents can be served at all without a tenant's own URL."""
-        return self.settings.url is not None
-
-    @property
     def open_clients(self) -> int:
         return len(self._cached) + len(self._retiring)
 

@@ -17,9 +17,10 @@ import argon2
 from starlette.applications import Starlette
 
 from service.articles.service import ArticleService
-from service.articles.wiring import ARTICLES, build_articles
+from service.articles.wiring import ARTICLE_LOCAL_PREFIXES, ARTICLES, build_articles
 from service.core.config import Settings, safe_url
 from service.core.dependencies import CORE, Core
+from service.core.local_cache import LocallyCachedStore, locally_cached
 from service.core.metrics import Metrics
 from service.core.ratelimit import RateLimiter
 from service.core.slots import AppSlot
@@ -28,7 +29,7 @@ from service.core.store import create_store
 from service.db.dependencies import CONTROL_PLANE
 from service.db.engine import Database
 from service.health.service import READINESS, ReadinessProbe, build_probe
-from service.identity.wiring import IDENTITY, Identity, build_identity
+from service.identity.wiring import IDENTITY, IDENTITY_LOCAL_PREFIXES, Identity, build_identity
 from service.submissions.wiring import SUBMISSIONS, Submissions, build_submissions
 from service.tenants.wiring import TENANCY, Tenancy, build_tenancy
 
@@ -44,6 +45,8 @@ class Container:
     articles: ArticleService
     submissions: Submissions
     readiness: ReadinessProbe
+    # The coherent in-process cache identity and articles read through (None without Redis).
+    local_cache: LocallyCachedStore | None = None
     # Undone at close, last first (e.g. the tracing of the clients).
     on_close: list[Callable[[], object]] = field(default_factory=list)
 
@@ -68,6 +71,8 @@ class Container:
                     f"redis {safe_url(redis_url.get_secret_value())}",
                     self.core.store.ping,
                 )
+            if self.local_cache is not None:
+                self.local_cache.start()
             await self.tenancy.start()
             self.submissions.start()
         except BaseException:
@@ -80,6 +85,8 @@ class Container:
         self.on_close.clear()
         await self.submissions.stop()  # before the pools: held work is settled or handed back
         await self.tenancy.close()
+        if self.local_cache is not None:
+            await self.local_cache.close()
         await self.core.store.close()
         await self.control_plane.dispose()
 
@@ -105,19 +112,23 @@ def build_container(
     control_plane = Database.open(settings.database)
     metrics.track_pool(control_plane.engine, "control")
     tenancy = build_tenancy(settings, metrics.registry)
+    local_cache = locally_cached(
+        store, settings, metrics, (*IDENTITY_LOCAL_PREFIXES, *ARTICLE_LOCAL_PREFIXES)
+    )
+    cached_store = store if local_cache is None else local_cache
     return Container(
         core=core,
         control_plane=control_plane,
         tenancy=tenancy,
         identity=build_identity(
             settings,
-            store=store,
+            store=cached_store,
             control_plane=control_plane.sessions,
             tenants=tenancy.registry,
             metrics=metrics,
             hasher=hasher,
         ),
-        articles=build_articles(settings, store, metrics),
+        articles=build_articles(settings, cached_store, metrics),
         submissions=build_submissions(settings, tenancy, metrics),
         readiness=build_probe(
             settings,
@@ -126,6 +137,7 @@ def build_container(
             mongo_ping=tenancy.documents.ping,
             ready=metrics.dependency_ready,
         ),
+        local_cache=local_cache,
     )
 
 

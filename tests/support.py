@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import os
 import shutil
 import signal
@@ -562,3 +563,22 @@ def metric_value(app: Any, name: str, **labels: str) -> float:
 
     value = container_of(app).core.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+async def eventually(probe: Callable[[], Any], timeout: float = 5.0, pause: float = 0.02) -> Any:
+    """The first truthy result of `probe` (sync or async), polled until `timeout`;
+    AssertionError after."""
+
+    async def value() -> Any:
+        result = probe()
+        return await result if inspect.isawaitable(result) else result
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = await value()
+    while not last:
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout} s (last: {last!r})")
+        await asyncio.sleep(pause)
+        last = await value()
+    return last

@@ -10,6 +10,9 @@ from service.core.metrics import CacheLookups
 from service.core.store import KeyValueStore
 
 ARTICLE_CACHE = "article"  # its `cache` label on berth_cache_lookups_total
+# Every key of this module starts with it (the tenant next), so tenants never share entries
+# even on one Redis; the coherent local cache tracks it (service/core/local_cache.py).
+TENANT_KEY_PREFIX = "berth:t:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +25,7 @@ class RenderedArticle:
 
 
 def _key(tenant_slug: str, slug: str) -> str:
-    # The tenant is part of every key, so tenants never share entries even on one Redis.
-    return f"berth:t:{tenant_slug}:article:{slug}"
+    return f"{TENANT_KEY_PREFIX}{tenant_slug}:article:{slug}"
 
 
 @dataclass
@@ -67,12 +69,12 @@ GENERATION_TTL_SECONDS = 7 * 86_400
 
 
 def _generation_key(tenant_slug: str) -> str:
-    return f"berth:t:{tenant_slug}:articles:generation"
+    return f"{TENANT_KEY_PREFIX}{tenant_slug}:articles:generation"
 
 
 def _page_key(tenant_slug: str, generation: str, listing: str) -> str:
     digest = hashlib.sha256(listing.encode()).hexdigest()[:32]
-    return f"berth:t:{tenant_slug}:articles:{generation}:{digest}"
+    return f"{TENANT_KEY_PREFIX}{tenant_slug}:articles:{generation}:{digest}"
 
 
 class ArticlePageCache(_StoreCache):

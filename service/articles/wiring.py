@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from service.articles.cache import ARTICLE_CACHE, ARTICLE_PAGE_CACHE, ArticleCache, ArticlePageCache
+from service.articles.cache import (
+    ARTICLE_CACHE,
+    ARTICLE_PAGE_CACHE,
+    TENANT_KEY_PREFIX,
+    ArticleCache,
+    ArticlePageCache,
+)
 from service.articles.metrics import ArticleMetrics
 from service.articles.service import ArticleService
 from service.core.config import Settings
@@ -12,6 +18,8 @@ from service.core.slots import AppSlot
 from service.core.store import KeyValueStore
 
 ARTICLES_CURSOR_KIND = "articles"
+# The keys the coherent in-process cache may answer (service/core/local_cache.py).
+ARTICLE_LOCAL_PREFIXES = (TENANT_KEY_PREFIX,)
 
 
 def build_articles(settings: Settings, store: KeyValueStore, metrics: Metrics) -> ArticleService:

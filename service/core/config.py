@@ -201,6 +201,13 @@ class CacheSettings(BaseModel):
 
     enabled: bool = True
     article_ttl_seconds: int = Field(default=60, ge=1, le=86_400)
+    # The coherent in-process cache in front of Redis (service/core/local_cache.py): its bound
+    # in bytes of keys and values (0 turns it off), and the backstop TTL of each entry.
+    local_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0, le=4 * 1024**3)
+    local_ttl_seconds: float = Field(default=5.0, gt=0, le=300)
+    # The invalidation connection is pinged this often; with no answer for two intervals
+    # the local cache is bypassed, so even a cut that closes no socket is noticed.
+    local_heartbeat_seconds: float = Field(default=0.5, gt=0, le=30)
 
 
 class MongoSettings(BaseModel):

@@ -58,6 +58,11 @@ BUILD_INFO = "berth_build_info"
 RATE_LIMIT_FALLBACKS = "berth_rate_limit_fallbacks_total"
 RATE_LIMIT_REJECTIONS = "berth_rate_limit_rejections_total"
 CACHE_LOOKUPS = "berth_cache_lookups_total"
+LOCAL_CACHE_LOOKUPS = "berth_local_cache_lookups_total"
+LOCAL_CACHE_ENTRIES = "berth_local_cache_entries"
+LOCAL_CACHE_BYTES = "berth_local_cache_bytes"
+LOCAL_CACHE_LIVE = "berth_local_cache_live"
+LOCAL_CACHE_INVALIDATIONS = "berth_local_cache_invalidations_total"
 REDIS_ERRORS = "berth_redis_errors_total"
 DB_ERRORS = "berth_db_errors_total"
 EVENT_LOOP_LAG = "berth_event_loop_lag_seconds"
@@ -85,6 +90,27 @@ EVENT_LOOP_PROBE_SECONDS = 0.5
 class CacheResult(StrEnum):
     HIT = "hit"
     MISS = "miss"
+
+
+class InvalidationReason(StrEnum):
+    """The `reason` label of berth_local_cache_invalidations_total."""
+
+    KEY = "key"  # Redis said a tracked key changed (any replica wrote or it expired)
+    FLUSH = "flush"  # Redis said every key changed (FLUSHDB, FLUSHALL)
+    DISCONNECT = "disconnect"  # the invalidation connection was lost: everything dropped
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCacheMetrics:
+    """The coherent in-process cache's series (service/core/local_cache.py)."""
+
+    hit: Counter
+    miss: Counter
+    bypass: Counter  # looked up while the invalidation connection was down
+    entries: Gauge
+    size_bytes: Gauge  # what counts against BERTH_CACHE__LOCAL_MAX_BYTES
+    live: Gauge  # 1 while served from, 0 while bypassed
+    invalidations: dict[InvalidationReason, Counter]
 
 
 class DbErrorKind(StrEnum):
@@ -211,6 +237,47 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+        local_lookups = Counter(
+            LOCAL_CACHE_LOOKUPS.removesuffix("_total"),
+            "Reads of Redis keys answered by the coherent in-process cache, by result (hit, "
+            "miss, bypass: the invalidation connection was down).",
+            ("result",),
+            registry=self.registry,
+        )
+        self.local_cache = LocalCacheMetrics(
+            hit=local_lookups.labels(result="hit"),
+            miss=local_lookups.labels(result="miss"),
+            bypass=local_lookups.labels(result="bypass"),
+            entries=Gauge(
+                LOCAL_CACHE_ENTRIES,
+                "Entries in the coherent in-process cache.",
+                registry=self.registry,
+                multiprocess_mode="livesum",
+            ),
+            size_bytes=Gauge(
+                LOCAL_CACHE_BYTES,
+                "Bytes of keys and values in the coherent in-process cache (its bound).",
+                registry=self.registry,
+                multiprocess_mode="livesum",
+            ),
+            live=Gauge(
+                LOCAL_CACHE_LIVE,
+                "1 while the in-process cache is served from, 0 while it is bypassed.",
+                registry=self.registry,
+                multiprocess_mode="livemin",
+            ),
+            invalidations=children_by(
+                Counter(
+                    LOCAL_CACHE_INVALIDATIONS.removesuffix("_total"),
+                    "Invalidations of the in-process cache, by reason (key, flush, disconnect).",
+                    ("reason",),
+                    registry=self.registry,
+                ),
+                "reason",
+                InvalidationReason,
+            ),
+        )
+
     def cache_lookups_of(self, cache: str) -> CacheLookups:
         """The hit and miss counters of one cache, resolved once (no label lookup per read)."""
         return CacheLookups(
@@ -226,6 +293,10 @@ class Metrics:
             asked_at = loop.time()
             await asyncio.sleep(interval_seconds)
             observe(max(0.0, loop.time() - asked_at - interval_seconds))
+
+    def refresh_on_scrape(self, refresh: Callable[[], None]) -> None:
+        """Call `refresh` before every scrape (gauges read from a live object)."""
+        self._refreshers.append(refresh)
 
     def track_pool(self, engine: AsyncEngine, pool_name: str) -> None:
         """Keep pool gauges current from pool events (so multiprocess mode sees them too).

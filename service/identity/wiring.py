@@ -17,14 +17,17 @@ from service.core.slots import AppSlot
 from service.core.store import KeyValueStore
 from service.core.tenancy import TenantDirectory
 from service.db.engine import SessionFactories
-from service.identity.auth_service import AuthService
-from service.identity.auth_state import AUTH_STATE_CACHE, AuthStateCache
+from service.identity.auth_service import REVOKED_FAMILY_PREFIX, REVOKED_TOKEN_PREFIX, AuthService
+from service.identity.auth_state import AUTH_STATE_CACHE, AUTH_STATE_PREFIX, AuthStateCache
 from service.identity.metrics import IdentityMetrics
 from service.identity.passwords import Passwords, build_hasher
 from service.identity.tokens import TokenCodec
 from service.identity.users_service import UserService
 
 USERS_CURSOR_KIND = "users"
+# The keys the coherent in-process cache may answer (service/core/local_cache.py): what every
+# authenticated request reads.
+IDENTITY_LOCAL_PREFIXES = (AUTH_STATE_PREFIX, REVOKED_TOKEN_PREFIX, REVOKED_FAMILY_PREFIX)
 
 
 @dataclass(frozen=True)

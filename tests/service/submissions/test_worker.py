@@ -37,12 +37,11 @@ from tests.service.submissions.conftest import SUBMISSIONS, SubmissionsApi, Subm
 from tests.service.submissions.factories import declaration, line_item
 from tests.service.submissions.worker_harness import (
     Queue,
-    eventually,
     insert_many,
     new_submission,
     queue_of,
 )
-from tests.support import metric_value
+from tests.support import eventually, metric_value
 
 PENDING, PROCESSING = SubmissionStatus.PENDING.value, SubmissionStatus.PROCESSING.value
 PROCESSED, FAILED = SubmissionStatus.PROCESSED.value, SubmissionStatus.FAILED.value

@@ -25,12 +25,11 @@ from tests.service.conftest import SqliteTenants
 from tests.service.submissions.worker_harness import (
     HANG_MARKER,
     Queue,
-    eventually,
     insert_many,
     new_submission,
     queue_of,
 )
-from tests.support import process_env
+from tests.support import eventually, process_env
 
 PROCESSED = SubmissionStatus.PROCESSED.value
 PROCESSING = SubmissionStatus.PROCESSING.value

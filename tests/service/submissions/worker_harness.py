@@ -10,11 +10,9 @@ then kills it with SIGKILL: a replica dying mid-processing.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,25 +77,6 @@ async def insert_many(queue: Queue, submissions: list[SubmissionFields]) -> None
     documents = [queue.repository.models.submission.model_validate(s.model_dump())
                  for s in submissions]  # fmt: skip
     await queue.repository.models.submission.insert_many(documents)
-
-
-async def eventually(probe: Callable[[], Any], timeout: float = 5.0, pause: float = 0.02) -> Any:
-    """The first truthy result of `probe` (sync or async), polled until `timeout`;
-    AssertionError after."""
-
-    async def value() -> Any:
-        result = probe()
-        return await result if inspect.isawaitable(result) else result
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = await value()
-    while not last:
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {timeout} s (last: {last!r})")
-        await asyncio.sleep(pause)
-        last = await value()
-    return last
 
 
 def hang(items: list[StoredLineItem], rates: DutyRates) -> list[StoredTotal]:

@@ -1,14 +1,15 @@
-"""Every articles query. Repositories never commit: the request's session does."""
+"""Every articles query. Reads (`ArticleReads`) run on a request's read connection, writes
+(`ArticleRepository`) on its session, which commits; both build on the statements here."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, bindparam, delete, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -16,6 +17,7 @@ from sqlalchemy.orm import joinedload
 from service.articles.models import Article, ArticleTag, Tag
 from service.articles.schemas import ArticleFilters
 from service.core.pagination import PagePosition
+from service.db.engine import ReadRow, RowReader
 from service.db.errors import flush_unique, unique_on
 from service.db.keyset import page_after
 
@@ -67,26 +69,21 @@ class ArticleRecord:
     tags: list[str]
 
     @classmethod
-    def of(cls, article: Article | Row[*tuple[Any, ...]], tags: list[str]) -> ArticleRecord:
-        """From an entity (writes) or a row of `_COLUMNS` (reads)."""
-        return cls(
-            id=article.id,
-            slug=article.slug,
-            title=article.title,
-            body=article.body,
-            status=article.status,
-            author_id=article.author_id,
-            created_at=article.created_at,
-            updated_at=article.updated_at,
-            version=article.version,
-            tags=tags,
-        )
+    def of(cls, article: Article, tags: list[str]) -> ArticleRecord:
+        """From an entity (writes)."""
+        return cls(*[*(getattr(article, name) for name in _RECORD_COLUMNS), tags])
+
+    @classmethod
+    def of_row(cls, row: ReadRow, tags: list[str]) -> ArticleRecord:
+        """From a row starting with `_COLUMNS` (reads)."""
+        return cls(*[*row[:_COLUMN_COUNT], tags])
 
 
-_COLUMNS = (
-    Article.id, Article.slug, Article.title, Article.body, Article.status, Article.author_id,
-    Article.created_at, Article.updated_at, Article.version,
-)  # fmt: skip
+# The record's fields but its tags, in order: every read selects these columns first.
+_RECORD_COLUMNS = tuple(field.name for field in fields(ArticleRecord) if field.name != "tags")
+_COLUMNS = tuple(getattr(Article, name) for name in _RECORD_COLUMNS)
+_COLUMN_COUNT = len(_COLUMNS)
+_ID = _RECORD_COLUMNS.index("id")
 # Built once: constructing a statement cost more per request than running it (profile).
 # Reads select columns, not entities: ORM identity-map loading was the largest part of a
 # list page's time (docs/benchmarks.md).
@@ -111,25 +108,18 @@ _ENTITY_FOR_UPDATE = (
 )
 
 
-class ArticleRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+class ArticleReads:
+    """The reads of GET routes, on the request's read connection (no session, no entity)."""
+
+    def __init__(self, reader: RowReader) -> None:
+        self.reader = reader
 
     async def get_record(self, slug: str) -> ArticleRecord | None:
         """One statement: the article's columns joined to its tag names (a row per tag)."""
-        rows = (await self.session.execute(_RECORD_BY_SLUG, {"slug": slug})).all()
+        rows = await self.reader.all(_RECORD_BY_SLUG, {"slug": slug})
         if not rows:
             return None
-        return ArticleRecord.of(rows[0], [row.name for row in rows if row.name is not None])
-
-    async def get_for_update(self, slug: str) -> Article | None:
-        """The entity with its tags, row-locked until the transaction ends (writes)."""
-        result = await self.session.execute(_ENTITY_FOR_UPDATE, {"slug": slug})
-        return result.unique().scalar_one_or_none()
-
-    async def slug_taken(self, slug: str) -> bool:
-        result = await self.session.execute(select(Article.id).where(Article.slug == slug))
-        return result.first() is not None
+        return ArticleRecord.of_row(rows[0], [row[-1] for row in rows if row[-1] is not None])
 
     async def list_page(
         self, filters: ArticleFilters, after: PagePosition | None, limit: int
@@ -140,13 +130,29 @@ class ArticleRepository:
         """
         statement = _filtered(select(*_COLUMNS), filters)
         statement = page_after(statement, Article.created_at, Article.id, after, limit)
-        rows = (await self.session.execute(statement)).all()
+        rows = await self.reader.all(statement)
         if not rows:
             return []
-        tags: dict[uuid.UUID, list[str]] = {row.id: [] for row in rows}
-        for article_id, name in await self.session.execute(_TAGS_OF, {"ids": list(tags)}):
+        tags: dict[uuid.UUID, list[str]] = {row[_ID]: [] for row in rows}
+        for article_id, name in await self.reader.all(_TAGS_OF, {"ids": list(tags)}):
             tags[article_id].append(name)
-        return [ArticleRecord.of(row, tags[row.id]) for row in rows]
+        return [ArticleRecord.of_row(row, tags[row[_ID]]) for row in rows]
+
+
+class ArticleRepository:
+    """The writes, on the request's session (POST, PATCH, DELETE)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get_for_update(self, slug: str) -> Article | None:
+        """The entity with its tags, row-locked until the transaction ends (writes)."""
+        result = await self.session.execute(_ENTITY_FOR_UPDATE, {"slug": slug})
+        return result.unique().scalar_one_or_none()
+
+    async def slug_taken(self, slug: str) -> bool:
+        result = await self.session.execute(select(Article.id).where(Article.slug == slug))
+        return result.first() is not None
 
     async def tags_named(self, names: Sequence[str]) -> list[Tag]:
         """The tags with these names, created when missing (safe under concurrent writers)."""

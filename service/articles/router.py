@@ -28,7 +28,7 @@ from service.core.errors import (
 from service.core.http import JSON_MEDIA_TYPE
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
 from service.identity.dependencies import AUTHENTICATED_ERRORS, CurrentPrincipal, WriteRateLimit
-from service.tenants.dependencies import TENANT_ERRORS, CurrentTenantScope
+from service.tenants.dependencies import TENANT_ERRORS, CurrentTenantReader, CurrentTenantScope
 
 router = APIRouter(prefix="/articles", tags=["articles"])
 # On the routes with a body only: a router-wide guard is one more dependency every GET pays.
@@ -66,13 +66,13 @@ def _send(article: RenderedArticle, status: int = HTTPStatus.OK) -> Response:
 )
 async def list_articles(
     articles: Articles,
-    scope: CurrentTenantScope,
+    reader: CurrentTenantReader,
     filters: Annotated[ArticleFilters, Query()],
     cursor: CursorParam = None,
     limit: PageSize = DEFAULT_PAGE_SIZE,
 ) -> Response:
     # Rendered once (or cached rendered): returned as a model, FastAPI would validate it again.
-    body = await articles.list_page(scope, filters, cursor, limit)
+    body = await articles.list_page(reader, filters, cursor, limit)
     return Response(body, media_type=JSON_MEDIA_TYPE)
 
 
@@ -109,10 +109,10 @@ async def create_article(
 async def get_article(
     slug: SlugParam,
     articles: Articles,
-    scope: CurrentTenantScope,
+    reader: CurrentTenantReader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    article = await articles.get(scope, slug)
+    article = await articles.get(reader, slug)
     if etag_matches(if_none_match, article.etag):
         return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": article.etag})
     return _send(article)

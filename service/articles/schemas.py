@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -85,6 +86,14 @@ class ArticleOut(BaseModel):
     created_at: UtcDateTime
     updated_at: UtcDateTime
     version: int
+
+
+# ArticleOut's fields in wire order, and those that are timestamps: the fast render
+# (service.article_json) writes records in exactly this shape, byte for byte (tested).
+ARTICLE_OUT_FIELDS = tuple(ArticleOut.model_fields)
+ARTICLE_OUT_STAMPS = tuple(
+    name for name, field in ArticleOut.model_fields.items() if field.annotation is datetime
+)
 
 
 class ArticleFilters(BaseModel):

@@ -1,7 +1,7 @@
 """Article rules: who may write what, slugs, versions, ETags and the cache. No FastAPI here.
 
-Built once per app; every call is handed the request's `TenantScope` (the tenant and a
-session on its own database).
+Built once per app; reads are handed the request's `TenantReader` (the tenant and reads on
+its own database), writes its `TenantScope` (the tenant and a session there).
 """
 
 from __future__ import annotations
@@ -12,22 +12,32 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
+
+import orjson
 
 from service.articles.cache import ArticleCache, ArticlePageCache, RenderedArticle
 from service.articles.metrics import ArticleMetrics, ArticleOperation
 from service.articles.models import Article
-from service.articles.repository import ArticleRecord, ArticleRepository, slug_taken_message
+from service.articles.repository import (
+    ArticleReads,
+    ArticleRecord,
+    ArticleRepository,
+    slug_taken_message,
+)
 from service.articles.schemas import (
+    ARTICLE_OUT_FIELDS,
+    ARTICLE_OUT_STAMPS,
     ArticleCreate,
     ArticleFilters,
-    ArticleOut,
-    ArticlePage,
     ArticlePatch,
 )
+from service.core.clock import as_utc
 from service.core.errors import Conflict, Forbidden, NotFound, PreconditionFailed
-from service.core.pagination import CursorSigner, keyset_page
+from service.core.pagination import CursorSigner, Page, keyset_page
 from service.db.engine import after_commit
 from service.identity.principal import TENANT_WIDE_ROLES, Role
+from service.tenants.engines import TenantReader
 from service.tenants.service import TenantScope
 
 ARTICLE_NOT_FOUND = "Article not found"
@@ -60,8 +70,32 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def to_out(article: ArticleRecord) -> ArticleOut:
-    return ArticleOut.model_validate(article, from_attributes=True)
+# UTC with a `Z`, as pydantic writes `UtcDateTime` (naive ones are UTC: SQLite).
+_JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, uuid.UUID):  # asyncpg's UUID subclass, which orjson does not take
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value: object) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
+
+
+def article_json(record: ArticleRecord) -> dict[str, Any]:
+    """The record in `ArticleOut`'s shape, for `to_json`: the bytes `ArticleOut` would send,
+    at a fifth of a model's cost per item (docs/benchmarks.md)."""
+    item = {name: getattr(record, name) for name in ARTICLE_OUT_FIELDS}
+    for name in ARTICLE_OUT_STAMPS:
+        item[name] = as_utc(item[name])
+    return item
+
+
+def render_page(page: Page[dict[str, Any]]) -> bytes:
+    """A page of `article_json` items as `ArticlePage` would send it (its fields, in order)."""
+    return to_json(dict(page))
 
 
 def render(article: Article | ArticleRecord) -> RenderedArticle:
@@ -70,7 +104,7 @@ def render(article: Article | ArticleRecord) -> RenderedArticle:
         if isinstance(article, Article)
         else article
     )
-    body = to_out(record).model_dump_json().encode()
+    body = to_json(article_json(record))
     return RenderedArticle(slug=record.slug, etag=etag_of(record), body=body)
 
 
@@ -91,13 +125,13 @@ class ArticleService:
         self.cursors = cursors
         self.metrics = metrics
 
-    async def get(self, scope: TenantScope, slug: str) -> RenderedArticle:
+    async def get(self, reader: TenantReader, slug: str) -> RenderedArticle:
         """The article as sent, from the cache when it is there."""
-        tenant = scope.tenant.slug
+        tenant = reader.tenant.slug
         cached = await self.cache.get(tenant, slug)
         if cached is not None:
             return cached
-        article = await ArticleRepository(scope.session).get_record(slug)
+        article = await ArticleReads(reader).get_record(slug)
         if article is None:
             raise NotFound(ARTICLE_NOT_FOUND)
         rendered = render(article)
@@ -105,27 +139,26 @@ class ArticleService:
         return rendered
 
     async def list_page(
-        self, scope: TenantScope, filters: ArticleFilters, cursor: str | None, limit: int
+        self, reader: TenantReader, filters: ArticleFilters, cursor: str | None, limit: int
     ) -> bytes:
         """The page as sent (JSON), from the page cache when this tenant's articles have not
         changed since it was rendered."""
-        tenant = scope.tenant.slug
+        tenant = reader.tenant.slug
         listing = f"{filters.model_dump_json()}|{cursor}|{limit}"
         generation = await self.pages.generation(tenant)  # before the database: see the cache
         cached = await self.pages.get(tenant, generation, listing)
         if cached is not None:
             return cached
-        repository = ArticleRepository(scope.session)
-        page: ArticlePage = await keyset_page(
-            partial(repository.list_page, filters),
-            to_out,
+        page = await keyset_page(
+            partial(ArticleReads(reader).list_page, filters),
+            article_json,
             signer=self.cursors,
             # A cursor continues only this tenant's listing with these filters.
             scope=f"{tenant}|{filters.model_dump_json()}",
             cursor=cursor,
             limit=limit,
         )
-        body = page.model_dump_json().encode()
+        body = render_page(page)
         await self.pages.put(tenant, generation, listing, body)
         return body
 

@@ -1,17 +1,18 @@
-"""Engines and sessions: created once per app, one AsyncSession per request."""
+"""Engines and sessions: created once per app, one AsyncSession per request (writes), or
+one `ReadConnection` (tenant reads: no session, statements run on the driver)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import TextClause, event, make_url, text
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import Select, TextClause, event, make_url, text
+from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,15 +20,22 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import ORMExecuteState, Session
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
+from sqlalchemy.sql.cache_key import CacheKey
+from sqlalchemy.sql.compiler import ExpandedState, SQLCompiler
+from sqlalchemy.util import greenlet_spawn
 
 from service.core.config import DatabaseSettings
+from service.db.errors import is_unavailable
 
 APPLICATION_NAME = "berth"
 # Methods whose requests only read: their sessions run on autocommit connections.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CHECKED_IN_AT = "berth.checked_in_at"
 _QUERY_KEYWORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN"})
+# asyncpg prepares each statement once per connection and keeps it (an LRU per connection):
+# the read path's own statements through `fetch`, SQLAlchemy's through its adapter.
+STATEMENT_CACHE_SIZE = 256
 
 
 def _ensure_sqlite_directory(url: URL) -> None:
@@ -70,6 +78,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         connect_args={
             "timeout": settings.connect_timeout_seconds,
             "server_settings": {"application_name": APPLICATION_NAME},
+            "statement_cache_size": STATEMENT_CACHE_SIZE,
+            "prepared_statement_cache_size": STATEMENT_CACHE_SIZE,
         },
         **pool_options,
     )
@@ -229,3 +239,174 @@ def create_engine_for_migrations(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         _ensure_sqlite_directory(parsed)
     return create_async_engine(parsed, poolclass=NullPool, hide_parameters=True)
+
+
+# -- reads without a session -----------------------------------------------------------------
+
+ReadRow = Sequence[Any]
+ReadStatement = Select[*tuple[Any, ...]]
+_Processor = Callable[[Any], Any]
+_COMPILED_LIMIT = 512  # statement shapes kept compiled (a few dozen exist)
+_compiled_reads: dict[tuple[str, str, Any], _CompiledRead] = {}
+
+
+class RowReader(Protocol):
+    """What a repository's reads need: rows of a SELECT (`ReadConnection`, `TenantReader`)."""
+
+    async def all(
+        self, statement: ReadStatement, params: Mapping[str, Any] | None = None
+    ) -> Sequence[ReadRow]: ...
+
+
+class ReadOnlyConnectionError(ReadOnlySessionError):
+    """A statement other than a SELECT reached a read connection: a bug in a GET route."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRead:
+    """A SELECT compiled once for one dialect and statement shape."""
+
+    compiled: SQLCompiler
+    names: tuple[str, ...]  # the compiled name of each of the cache key's bound parameters
+    binds: Mapping[str, _Processor]  # by compiled name, for the parameters that convert
+    results: tuple[_Processor | None, ...] | None  # per column; None when no column converts
+
+    def state(self, key: CacheKey, params: Mapping[str, Any] | None) -> ExpandedState:
+        """The SQL and its parameters for this statement's values (expanding IN included)."""
+        values = {
+            name: bind.effective_value
+            for name, bind in zip(self.names, key.bindparams, strict=True)
+            if not bind.required
+        }
+        if params:
+            values.update(params)
+        return self.compiled.construct_expanded_state(values)
+
+    def arguments(self, state: ExpandedState) -> tuple[Any, ...]:
+        """The positional parameters the driver takes, converted for it."""
+        assert state.positiontup is not None  # both drivers take positional parameters
+        # An expanded IN's processors come with its state, the others were found once.
+        binds = {**self.binds, **state.processors} if state.processors else self.binds
+        values = state.parameters
+        return tuple(
+            binds[name](values[name]) if name in binds else values[name]
+            for name in state.positiontup
+        )
+
+
+def _compile(statement: ReadStatement, key: CacheKey, dialect: Dialect) -> _CompiledRead:
+    compiled = statement.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    if compiled.isinsert or compiled.isupdate or compiled.isdelete:
+        raise ReadOnlyConnectionError("a read connection runs SELECTs only")
+    # Clones made while compiling keep their key: match the cache key's parameters by it.
+    by_key = {bind.key: name for bind, name in compiled.bind_names.items()}
+    names = tuple(by_key[bind.key] for bind in key.bindparams)
+    binds = {
+        name: processor
+        for bind, name in compiled.bind_names.items()
+        if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    }
+    results = tuple(
+        column.type.dialect_impl(dialect).result_processor(dialect, None)
+        for column in statement.selected_columns
+    )
+    return _CompiledRead(compiled, names, binds, results if any(results) else None)
+
+
+def _compiled_read(statement: ReadStatement, dialect: Dialect) -> tuple[_CompiledRead, CacheKey]:
+    """The statement compiled for `dialect`, looked up by its shape (SQLAlchemy's cache key,
+    memoized on statements built once), and the key holding this statement's values."""
+    if not isinstance(statement, Select):
+        raise ReadOnlyConnectionError("a read connection runs SELECTs only")
+    key = statement._generate_cache_key()
+    if key is None:
+        raise TypeError("a read statement must be cacheable")
+    lookup = (dialect.name, dialect.driver, key.key)
+    compiled = _compiled_reads.get(lookup)
+    if compiled is None:
+        compiled = _compile(statement, key, dialect)
+        if len(_compiled_reads) >= _COMPILED_LIMIT:
+            del _compiled_reads[next(iter(_compiled_reads))]
+        _compiled_reads[lookup] = compiled
+    return compiled, key
+
+
+def _converted(row: ReadRow, processors: tuple[_Processor | None, ...]) -> ReadRow:
+    return tuple(p(v) if p else v for p, v in zip(processors, row, strict=True))
+
+
+async def _fetch_asyncpg(driver: Any, sql: str, arguments: tuple[Any, ...]) -> Sequence[ReadRow]:
+    rows: Sequence[ReadRow] = await driver.fetch(sql, *arguments)
+    return rows
+
+
+async def _fetch_aiosqlite(driver: Any, sql: str, arguments: tuple[Any, ...]) -> Sequence[ReadRow]:
+    return list(await driver.execute_fetchall(sql, arguments))
+
+
+_FETCHERS = {"asyncpg": _fetch_asyncpg, "aiosqlite": _fetch_aiosqlite}
+
+
+class ReadConnection:
+    """One pooled connection for reads: SELECTs compiled once per dialect and shape, sent on
+    the driver itself, with no Connection, transaction or session around them.
+
+    Outside a transaction both drivers run each statement on its own (autocommit), as the
+    read sessions do; asyncpg prepares a statement once per connection (`STATEMENT_CACHE_SIZE`).
+    Anything but a SELECT construct is refused, as the read session refuses writes.
+    """
+
+    __slots__ = ("_dialect", "_driver", "_echo", "_fetch", "_pooled")
+    _echo: Any  # the engine's own statement logger, when `echo` is on
+
+    def __init__(self, engine: AsyncEngine, pooled: PoolProxiedConnection) -> None:
+        self._dialect = engine.dialect
+        self._fetch = _FETCHERS[self._dialect.driver]
+        self._pooled = pooled
+        self._driver = pooled.driver_connection
+        self._echo = engine.sync_engine.logger if engine.echo else None
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine) -> ReadConnection:
+        """A connection checked out of the engine's pool (its checkout events run)."""
+        if engine.dialect.driver not in _FETCHERS:
+            raise TypeError(f"no read path for driver {engine.dialect.driver}")
+        return cls(engine, await engine.raw_connection())
+
+    async def all(
+        self, statement: ReadStatement, params: Mapping[str, Any] | None = None
+    ) -> Sequence[ReadRow]:
+        compiled, key = _compiled_read(statement, self._dialect)
+        state = compiled.state(key, params)
+        if self._echo is not None:  # `echo` logs every statement, these too (not values)
+            self._echo.info("[read] %s", state.statement)
+        try:
+            rows = await self._fetch(self._driver, state.statement, compiled.arguments(state))
+        except Exception as exc:
+            lost = await self._discard_if_lost(exc)
+            raise DBAPIError.instance(
+                state.statement,
+                None,
+                exc,
+                Exception,
+                hide_parameters=True,
+                connection_invalidated=lost,
+            ) from exc  # as SQLAlchemy raises it: an outage is then a 503, not a 500
+        except BaseException as exc:  # cancelled mid-statement: its state is unknown
+            await greenlet_spawn(self._pooled.invalidate, exc)
+            raise
+        if compiled.results is None:
+            return rows
+        return [_converted(row, compiled.results) for row in rows]
+
+    async def _discard_if_lost(self, exc: Exception) -> bool:
+        """Whether the connection is gone; if so, the pool never hands it out again."""
+        lost = is_unavailable(exc) or bool(getattr(self._driver, "is_closed", bool)())
+        if lost:
+            await greenlet_spawn(self._pooled.invalidate, exc)
+        return lost
+
+    async def close(self) -> None:
+        """Back to the pool (its reset and check-in events run)."""
+        await greenlet_spawn(self._pooled.close)

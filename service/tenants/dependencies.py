@@ -1,15 +1,17 @@
-"""Request dependencies: the request's tenant and a session on that tenant's database.
+"""Request dependencies: the request's tenant, with a session or a reader on its database.
 
 The tenant comes from the authenticated principal (`service.identity`): its token's tenant,
-narrowed by X-Tenant-ID. Routes take `tenant: CurrentTenant`, or `scope: CurrentTenantScope`
-for the tenant and a session on its database; `tenant_resolver` and `tenant_scope_for` build
-the same from another claim dependency (tests use them).
+narrowed by X-Tenant-ID. Routes take `tenant: CurrentTenant`; `scope: CurrentTenantScope`
+for the tenant and a session on its database (writes); `reader: CurrentTenantReader` for the
+tenant and session-less reads (GET). `tenant_resolver`, `tenant_scope_for` and
+`tenant_reader_for` build the same from another claim dependency (tests use them).
 
 No `from __future__ import annotations` here: the dependencies are closures whose annotations
 name the factory's arguments, which FastAPI could not resolve from strings later.
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from http import HTTPStatus
 from typing import Annotated
 
@@ -19,6 +21,7 @@ from fastapi import Depends, Header, Request
 from service.core.logging import TENANT
 from service.db.engine import session_scope
 from service.identity.dependencies import current_principal
+from service.tenants.engines import TenantReader
 from service.tenants.schemas import TenantEntry
 from service.tenants.service import TENANT_HEADER, TenantClaim, TenantScope, resolve_tenant
 from service.tenants.wiring import TENANCY, Tenancy
@@ -34,6 +37,9 @@ TENANT_ERRORS = (
     HTTPStatus.SERVICE_UNAVAILABLE,
 )
 TenantHeader = Annotated[str | None, Header(alias=TENANT_HEADER)]
+# FastAPI's exit stack around the route call (`fastapi.routing.request_response`): closed
+# when the route returns or raises, before the response is sent.
+ROUTE_EXIT_STACK = "fastapi_function_astack"
 
 
 def _request_tenant(tenancy: Tenancy, claim: TenantClaim, requested: str | None) -> TenantEntry:
@@ -86,6 +92,37 @@ def tenant_scope_for(
     return tenant_scope
 
 
+def _route_exit_stack(request: Request) -> AsyncExitStack:
+    stack = request.scope.get(ROUTE_EXIT_STACK)
+    if not isinstance(stack, AsyncExitStack):  # a FastAPI upgrade moved it: fail loudly
+        raise RuntimeError(f"no {ROUTE_EXIT_STACK} in the request scope")
+    return stack
+
+
+def tenant_reader_for(claim_dependency: ClaimDependency) -> Callable[..., Awaitable[TenantReader]]:
+    """A dependency giving the tenant (as `tenant_resolver`) and a `TenantReader` on its
+    database, closed when the route is done (on any exception too).
+
+    A plain dependency that hands the close to FastAPI's route exit stack: a generator
+    dependency costs ~20 µs more per request (docs/benchmarks.md). The reader takes its
+    engine lease, permit and connection at its first query, so a cache hit takes none.
+    """
+
+    async def tenant_reader(
+        request: Request,
+        claim: Annotated[TenantClaim, Depends(claim_dependency)],
+        requested: TenantHeader = None,
+    ) -> TenantReader:
+        tenancy = TENANCY.of(request)
+        tenant = _request_tenant(tenancy, claim, requested)
+        tenancy.metrics.count_request(tenant.slug)
+        reader = tenancy.engines.reader(tenant)
+        _route_exit_stack(request).push_async_callback(reader.close)
+        return reader
+
+    return tenant_reader
+
+
 # The authenticated principal is the claim: its token's tenant, or a platform admin.
 current_tenant = tenant_resolver(current_principal)
 CurrentTenant = Annotated[TenantEntry, Depends(current_tenant)]
@@ -93,3 +130,4 @@ CurrentTenant = Annotated[TenantEntry, Depends(current_tenant)]
 CurrentTenantScope = Annotated[
     TenantScope, Depends(tenant_scope_for(current_principal), scope="function")
 ]
+CurrentTenantReader = Annotated[TenantReader, Depends(tenant_reader_for(current_principal))]

@@ -7,10 +7,10 @@ and a new tenant needs an engine, the least recently used idle engine is dispose
 engine is in use, the request waits (up to `engine_wait_seconds`, then 503) rather than
 opening one more pool.
 
-Sessions hold a lease on their engine. An engine that leaves the cache (capacity, idleness,
-or a registry change such as a removed tenant or a rotated password) is disposed only when
-its last lease ends: an in-flight session finishes on the connection it has, and no session
-can open a new pool behind a disposed engine's back.
+Sessions and readers hold a lease on their engine. An engine that leaves the cache
+(capacity, idleness, or a registry change such as a removed tenant or a rotated password) is
+disposed only when its last lease ends: an in-flight session finishes on the connection it
+has, and no session can open a new pool behind a disposed engine's back.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -32,7 +32,14 @@ from sqlalchemy.pool import QueuePool
 from service.core.config import DatabaseSettings, TenantSettings
 from service.core.errors import DomainError
 from service.core.logging import get_logger
-from service.db.engine import SessionFactories, create_engine, create_session_factories
+from service.db.engine import (
+    ReadConnection,
+    ReadRow,
+    ReadStatement,
+    SessionFactories,
+    create_engine,
+    create_session_factories,
+)
 from service.tenants.metrics import TenantMetrics
 from service.tenants.registry import RegistryChanges
 from service.tenants.schemas import TenantEntry, TenantLookup
@@ -100,6 +107,7 @@ class TenantEngines:
         self._disposals: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._checked_out = 0
+        self._checkouts = 0
         self._closed = False
         self._metrics = metrics
         self._observe()
@@ -114,6 +122,11 @@ class TenantEngines:
     @property
     def checked_out(self) -> int:
         return self._checked_out
+
+    @property
+    def checkouts(self) -> int:
+        """Pooled connections handed out since start, sessions' and readers' alike."""
+        return self._checkouts
 
     def cached_slugs(self) -> list[str]:
         """Tenants with a cached engine, least recently used first."""
@@ -136,6 +149,7 @@ class TenantEngines:
 
     def _on_checkout(self, *_: Any) -> None:
         self._checked_out += 1
+        self._checkouts += 1
         self._observe()
 
     def _on_checkin(self, *_: Any) -> None:
@@ -155,8 +169,19 @@ class TenantEngines:
         finally:
             self._release(slot)
 
+    def reader(self, entry: TenantEntry) -> TenantReader:
+        """Reads on the tenant's database; nothing is taken until the first query."""
+        return TenantReader(self, entry)
+
     @asynccontextmanager
     async def _permit(self, slot: _Slot) -> AsyncIterator[None]:
+        await self._take_permit(slot)
+        try:
+            yield
+        finally:
+            slot.permits.release()
+
+    async def _take_permit(self, slot: _Slot) -> None:
         """One of the tenant's connections, waited for in arrival order.
 
         Requests beyond the pool queue here, first come first served, not inside
@@ -170,10 +195,29 @@ class TenantEngines:
         except TimeoutError:
             log.warning("tenant_pool_busy", tenant=slot.slug)
             raise TenantsBusy() from None
+
+    async def _open_read(self, entry: TenantEntry) -> _ReadLease:
+        """The engine lease, a permit and a pooled connection, as `lease` takes them."""
+        slot = await self._acquire(entry)
         try:
-            yield
-        finally:
+            await self._take_permit(slot)
+        except BaseException:
+            self._release(slot)
+            raise
+        try:
+            connection = await ReadConnection.open(slot.engine)
+        except BaseException:
             slot.permits.release()
+            self._release(slot)
+            raise
+        return _ReadLease(slot, connection)
+
+    async def _close_read(self, lease: _ReadLease) -> None:
+        try:
+            await lease.connection.close()
+        finally:  # also when cancelled while the connection goes back
+            lease.slot.permits.release()
+            self._release(lease.slot)
 
     async def _acquire(self, entry: TenantEntry) -> _Slot:
         url = entry.database_url.get_secret_value()
@@ -331,3 +375,39 @@ class TenantEngines:
         await self.wait_disposed()
         for slot in slots:
             await self._dispose(slot)
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadLease:
+    slot: _Slot
+    connection: ReadConnection
+
+
+class TenantReader:
+    """The request's tenant and reads on its database, for GET routes: no session.
+
+    The engine lease, a FIFO permit and a pooled connection are taken at the first query
+    (a request answered from a cache takes none of them) and held until `close`, which the
+    request dependency runs when the route is done, on errors and cancellation too.
+    """
+
+    __slots__ = ("_engines", "_lease", "tenant")
+
+    def __init__(self, engines: TenantEngines, tenant: TenantEntry) -> None:
+        self.tenant = tenant
+        self._engines = engines
+        self._lease: _ReadLease | None = None
+
+    async def all(
+        self, statement: ReadStatement, params: Mapping[str, Any] | None = None
+    ) -> Sequence[ReadRow]:
+        """The rows of a SELECT (`ReadConnection.all`)."""
+        if self._lease is None:
+            self._lease = await self._engines._open_read(self.tenant)
+        return await self._lease.connection.all(statement, params)
+
+    async def close(self) -> None:
+        """Give back what the first query took; nothing if there was none."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await self._engines._close_read(lease)

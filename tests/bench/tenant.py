@@ -166,24 +166,37 @@ def _post_json(url: str, payload: Mapping[str, Any], headers: Mapping[str, str])
 
 def login(base_url: str, tenant: BenchTenant) -> dict[str, str]:
     """The owner's bearer header, from a real login (one per server: it has its own secret)."""
-    credentials = {"email": tenant.owner_email, "password": tenant.owner_password}
+    return login_as(base_url, tenant.owner_email, tenant.owner_password)
+
+
+def login_as(base_url: str, email: str, password: str) -> dict[str, str]:
+    """The bearer header of one account, from a real login."""
+    credentials = {"email": email, "password": password}
     tokens = _post_json(f"{base_url}/api/v1/auth/login", credentials, {})
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def article_payload(number: int) -> dict[str, Any]:
+    """Article `number` of the seed; number 0 is ARTICLE_SLUG, the row c, d, e and r fetch."""
+    slug = ARTICLE_SLUG if number == 0 else f"bench-article-{number}"
+    tags = [TAGS[(number + k) % len(TAGS)] for k in range(TAGS_PER_ARTICLE)]
+    return {
+        "title": f"Bench article {number}",
+        "slug": slug,
+        "body": "A paragraph of about the size of a short article. " * 20,
+        "status": "published",
+        "tags": tags,
+    }
+
+
+def post_article(base_url: str, article: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+    _post_json(f"{base_url}/api/v1/articles", article, headers)
 
 
 def seed_articles(base_url: str, headers: Mapping[str, str]) -> None:
     """ARTICLE_COUNT published articles with TAGS_PER_ARTICLE tags each, via POST."""
     for number in range(ARTICLE_COUNT):
-        slug = ARTICLE_SLUG if number == 0 else f"bench-article-{number}"
-        tags = [TAGS[(number + k) % len(TAGS)] for k in range(TAGS_PER_ARTICLE)]
-        article = {
-            "title": f"Bench article {number}",
-            "slug": slug,
-            "body": "A paragraph of about the size of a short article. " * 20,
-            "status": "published",
-            "tags": tags,
-        }
-        _post_json(f"{base_url}/api/v1/articles", article, headers)
+        post_article(base_url, article_payload(number), headers)
 
 
 def prepare_server(base_url: str, tenant: BenchTenant) -> dict[str, str]:

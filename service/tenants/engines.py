@@ -106,6 +106,9 @@ class TenantEngines:
         self._retiring: set[_Slot] = set()
         self._disposals: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
+        # Acquirers waiting because every slot is taken: each may have one engine on its way
+        # out for it (`_make_room`).
+        self._wanting_room = 0
         self._checked_out = 0
         self._checkouts = 0
         self._closed = False
@@ -233,7 +236,11 @@ class TenantEngines:
             if remaining <= 0:
                 log.warning("tenant_engines_busy", tenant=entry.slug, engines=self.open_engines)
                 raise TenantsBusy()
-            await self._wait(loop, remaining)
+            self._wanting_room += 1
+            try:
+                await self._wait(loop, remaining)
+            finally:
+                self._wanting_room -= 1
 
     def _try_acquire(self, slug: str, url: str) -> _Slot | None:
         """Lease the tenant's engine, opening one if there is room; None means wait."""
@@ -251,9 +258,14 @@ class TenantEngines:
         return slot
 
     def _make_room(self) -> None:
-        """Retire the least recently used idle engine, unless one is already on its way out
-        for room (its disposal wakes the waiters; retiring more would over-evict)."""
-        if any(slot.retired_for == "capacity" for slot in self._retiring):
+        """Retire the least recently used idle engine, unless every acquirer already waiting
+        for room has one on its way out (retiring more would over-evict).
+
+        One retirement per waiter, not one at a time: with many tenants in rotation each new
+        engine waited for the previous disposal, and turnover was serial (docs/benchmarks.md).
+        """
+        leaving = sum(1 for slot in self._retiring if slot.retired_for == "capacity")
+        if leaving > self._wanting_room:
             return
         for slot in self._cached.values():
             if slot.leases == 0:
@@ -264,7 +276,8 @@ class TenantEngines:
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, seconds)
+            async with asyncio.timeout(seconds):  # wait_for would make a task per wait
+                await waiter
         except TimeoutError:
             return
         finally:

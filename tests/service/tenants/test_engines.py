@@ -508,3 +508,41 @@ async def test_a_cancelled_waiter_leaves_the_queue_without_taking_a_permit(
         await engines.close()
 
     assert served == ["patient"]
+
+
+async def test_several_tenants_waiting_for_room_each_get_an_engine_retired_at_once(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """Two idle engines, two new tenants at once: both old engines leave together (turnover
+    is not serial), and never more than the cache size are open."""
+    acme, beta, gamma, delta = sqlite_tenants("acme", "beta", "gamma", "delta", register=False)
+    engines = engines_with(engine_cache_size=2)
+    try:
+        for entry in (acme, beta):
+            async with tenant_session(engines, entry) as session:
+                await session.execute(text("SELECT 1"))
+
+        retired: list[str] = []
+        already_leaving: list[int] = []
+        retire = engines._retire
+
+        def counting_retire(slot: Any, reason: str) -> None:
+            retired.append(f"{slot.slug}:{reason}")
+            already_leaving.append(len(engines._retiring))
+            retire(slot, reason)
+
+        engines._retire = counting_retire  # type: ignore[method-assign]
+
+        async def use(entry: TenantEntry) -> int:
+            async with tenant_session(engines, entry) as session:
+                await session.execute(text("SELECT 1"))
+                return engines.open_engines
+
+        opened = await asyncio.wait_for(asyncio.gather(use(gamma), use(delta)), timeout=5)
+
+        assert sorted(retired) == ["acme:capacity", "beta:capacity"]
+        assert already_leaving == [0, 1]  # the second left before the first was disposed
+        assert max(opened) <= 2
+        assert sorted(engines.cached_slugs()) == ["delta", "gamma"]
+    finally:
+        await engines.close()

@@ -582,3 +582,30 @@ async def eventually(probe: Callable[[], Any], timeout: float = 5.0, pause: floa
         await asyncio.sleep(pause)
         last = await value()
     return last
+
+
+def run_service_cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
+    """Run `python -m service <args>` to completion; a non-zero exit fails the test."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *args], env=env, cwd=cwd,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape_metrics(base_url: str) -> MetricSamples:
+    """A served process's /metrics samples by (name, sorted labels)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }

@@ -6,12 +6,10 @@ type does not match what the document says. Time-bounded: a few dozen cases per 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.mongo_server import MongoServer
-from tests.support import FAST_ARGON2, Spawned, free_port, process_env
+from tests.support import FAST_ARGON2, Spawned, free_port, process_env, run_service_cli
 
 EXAMPLES_PER_OPERATION = 30
 OWNER_EMAIL = "owner@contract.example.com"
@@ -39,14 +37,6 @@ TENANT = "contract"
 class ContractServer:
     base_url: str
     headers: dict[str, str]
-
-
-def _run(args: list[str], env: dict[str, str], cwd: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service", *args], env=env, cwd=cwd,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def _wait_live(base_url: str, server: Spawned) -> None:
@@ -80,9 +70,11 @@ def contract_server(
         BERTH_ADMIN_PASSWORD=OWNER_PASSWORD,
         **{f"BERTH_AUTH__{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
     )
-    _run(["migrate"], env, workdir)
-    _run(["tenants", "create", TENANT, "--self-signup"], env, workdir)
-    _run(["users", "create-admin", "--email", OWNER_EMAIL, "--tenant", TENANT], env, workdir)
+    run_service_cli(["migrate"], env, workdir)
+    run_service_cli(["tenants", "create", TENANT, "--self-signup"], env, workdir)
+    run_service_cli(
+        ["users", "create-admin", "--email", OWNER_EMAIL, "--tenant", TENANT], env, workdir
+    )
     server = Spawned(
         [sys.executable, "-m", "service", "serve"], env=env, cwd=workdir, name="contract"
     )

@@ -10,7 +10,6 @@ not answer what was true before the cut.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.metrics import LOCAL_CACHE_LIVE, LOCAL_CACHE_LOOKUPS
 from tests.support import (
@@ -30,6 +28,8 @@ from tests.support import (
     free_port,
     process_env,
     redis_url_with,
+    run_service_cli,
+    scrape_metrics,
     wait_until_live,
 )
 
@@ -37,14 +37,6 @@ TENANT = "coherent"
 OWNER_EMAIL = "owner@coherent.example.com"
 PASSWORD = "coherence passphrase 42"
 API = "/api/v1"
-
-
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service", *args], env=env, cwd=cwd,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 @dataclass
@@ -86,9 +78,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> I
         BERTH_AUTH__STATE_CACHE_SECONDS="300",
         **{f"BERTH_AUTH__{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
     )
-    _cli(["migrate"], env, workdir)
-    _cli(["tenants", "create", TENANT], env, workdir)
-    _cli(["users", "create-admin", "--email", OWNER_EMAIL, "--tenant", TENANT], env, workdir)
+    run_service_cli(["migrate"], env, workdir)
+    run_service_cli(["tenants", "create", TENANT], env, workdir)
+    run_service_cli(
+        ["users", "create-admin", "--email", OWNER_EMAIL, "--tenant", TENANT], env, workdir
+    )
     made = Deployment(env, workdir, [])
     yield made
     for process in made.started:
@@ -145,24 +139,13 @@ async def new_user(replicas: Replicas, role: str = "member") -> Session:
     return await log_in(replicas.a, email)
 
 
-async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
 async def local_hits(client: httpx.AsyncClient) -> float:
-    samples = await scrape(client)
+    samples = await scrape_metrics(str(client.base_url))
     return samples.get((LOCAL_CACHE_LOOKUPS, (("result", "hit"),)), 0.0)
 
 
 async def _local_cache_live(base_url: str) -> bool:
-    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
-        samples = await scrape(client)
+    samples = await scrape_metrics(base_url)
     return samples.get((LOCAL_CACHE_LIVE, ()), 0.0) == 1.0
 
 

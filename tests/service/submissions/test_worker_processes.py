@@ -10,9 +10,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from service.core.logging import SUBMISSION_ID
@@ -29,7 +27,7 @@ from tests.service.submissions.worker_harness import (
     new_submission,
     queue_of,
 )
-from tests.support import eventually, process_env
+from tests.support import MetricSamples, eventually, process_env, scrape_metrics
 
 PROCESSED = SubmissionStatus.PROCESSED.value
 PROCESSING = SubmissionStatus.PROCESSING.value
@@ -63,19 +61,11 @@ def replica_env(
     }
 
 
-async def scrape(replica: Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The replica's /metrics samples by (name, labels)."""
-    async with httpx.AsyncClient(base_url=replica.base_url, timeout=5) as client:
-        response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+async def scrape(replica: Served) -> MetricSamples:
+    return await scrape_metrics(replica.base_url)
 
 
-def outcome(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+def outcome(samples: MetricSamples, name: str) -> float:
     return samples.get((SUBMISSIONS_PROCESSED, (("outcome", name),)), 0.0)
 
 

@@ -8,7 +8,6 @@ lifespan. No other module wires features together.
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -22,10 +21,10 @@ from service.core.config import Settings, ensure_safe
 from service.core.docs import install_docs
 from service.core.error_handlers import install_error_handlers
 from service.core.errors import ERROR_RESPONSES
+from service.core.gc_policy import apply_gc_policy
 from service.core.http import API_PREFIX
 from service.core.logging import access_log, configure_logging, get_logger
 from service.core.metrics import (
-    InstrumentatorMiddleware,
     Metrics,
     install_metrics_route,
     is_multiprocess,
@@ -33,10 +32,9 @@ from service.core.metrics import (
     serve_metrics,
 )
 from service.core.middleware import (
-    AccessLogMiddleware,
     BodySizeLimitMiddleware,
     ErrorEnvelopeMiddleware,
-    RequestContextMiddleware,
+    ObservabilityMiddleware,
     SecurityHeadersMiddleware,
     StorableTextMiddleware,
 )
@@ -90,10 +88,9 @@ def _lifespan(
                 instrument_clients(tracer_provider, container.control_plane.engine)
             )
         _serve_metrics_port(container)
-        # Start-up objects live as long as the process: take them out of the collector's
-        # reach so full collections stop pausing the event loop (docs/benchmarks.md).
-        gc.collect()
-        gc.freeze()
+        # Last of start-up, in every worker: freeze what it built, widen the young
+        # generation (service/core/gc_policy.py).
+        apply_gc_policy(settings.gc)
         log.info(
             "startup_complete",
             environment=settings.environment.value,
@@ -145,14 +142,12 @@ def _add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.add_middleware(ErrorEnvelopeMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.http.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
-    if settings.observability.metrics_enabled:
-        # Upstream types the ASGI scope loosely, which Starlette's factory protocol rejects.
-        app.add_middleware(
-            InstrumentatorMiddleware,  # type: ignore[arg-type]
-            **metrics.middleware_options(UNOBSERVED_PATHS),
-        )
-    app.add_middleware(AccessLogMiddleware, excluded_paths=UNOBSERVED_PATHS)
-    app.add_middleware(RequestContextMiddleware)
+    http_metrics = (
+        metrics.http_metrics(UNOBSERVED_PATHS) if settings.observability.metrics_enabled else None
+    )
+    app.add_middleware(
+        ObservabilityMiddleware, excluded_paths=UNOBSERVED_PATHS, http_metrics=http_metrics
+    )
     proxies = TrustedProxies.of(settings.http)
     if proxies:
         app.add_middleware(ForwardedHeadersMiddleware, proxies=proxies)

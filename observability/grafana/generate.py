@@ -53,6 +53,11 @@ from service.core.metrics import (  # noqa: E402
     EVENT_LOOP_LAG,
     HTTP_REQUEST_DURATION,
     HTTP_REQUESTS_INPROGRESS,
+    LOCAL_CACHE_BYTES,
+    LOCAL_CACHE_INVALIDATIONS,
+    LOCAL_CACHE_LIVE,
+    LOCAL_CACHE_LOOKUPS,
+    LOCAL_CACHE_MAX_BYTES,
     PROCESS_CPU,
     PROCESS_RESIDENT_MEMORY,
     RATE_LIMIT_FALLBACKS,
@@ -60,6 +65,8 @@ from service.core.metrics import (  # noqa: E402
     REDIS_ERRORS,
     CacheResult,
     DbErrorKind,
+    InvalidationReason,
+    LocalLookupResult,
 )
 from service.core.ratelimit import RULES  # noqa: E402
 from service.core.store import RedisErrorKind  # noqa: E402
@@ -163,6 +170,10 @@ class Query:
     format: str = "time_series"
 
 
+# The legend of a panel's bound (Panel.bound).
+BOUND = "bound"
+
+
 @dataclass(frozen=True)
 class Panel:
     title: str
@@ -173,6 +184,9 @@ class Panel:
     kind: str = "timeseries"
     stacked: bool = False
     height: int = 8
+    # An expression of one series, a limit berth exports: drawn as a red dashed line named
+    # BOUND over the queries.
+    bound: str | None = None
     datasource: dict[str, str] = field(default_factory=lambda: DATASOURCE)
 
 
@@ -297,8 +311,23 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         }
     else:
         raise ValueError(f"unknown panel kind {panel.kind}")
+    queries = panel.queries
+    overrides: list[dict[str, Any]] = []
+    if panel.bound is not None:
+        queries = (*queries, Query(panel.bound, BOUND))
+        # Matched by its name (the schema takes no refId matcher): red, dashed, not stacked.
+        overrides.append(
+            {
+                "matcher": {"id": "byNames", "options": {"mode": "include", "names": [BOUND]}},
+                "properties": [
+                    {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+                    {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                    {"id": "custom.stacking", "value": {"mode": "none"}},
+                ],
+            }
+        )
     targets = []
-    for i, q in enumerate(panel.queries):
+    for i, q in enumerate(queries):
         target: dict[str, Any] = {
             "refId": chr(ord("A") + i),
             "datasource": panel.datasource,
@@ -317,7 +346,7 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         "description": panel.description,
         "datasource": panel.datasource,
         "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": overrides},
         "options": options,
         "targets": targets,
     }
@@ -388,6 +417,7 @@ def dashboard(
 # -- berth / Service -----------------------------------------------------------------------
 
 CACHE_HITS = f'{SERVICE}, result="{CacheResult.HIT}"'
+LOCAL_CACHE_HITS = f'{SERVICE}, result="{LocalLookupResult.HIT}"'
 # The request ids are in every line's structured metadata (observability/alloy/config.alloy);
 # the stream selector uses only labels the pipeline sets.
 LOGS_QUERY = (
@@ -574,7 +604,69 @@ SERVICE_OVERVIEW = dashboard(
                             "{{cache}}",
                         ),
                     ),
-                    width=24,
+                    width=8,
+                ),
+                Panel(
+                    "Local cache hit ratio",
+                    "Share of reads of Redis keys (auth state, revocations, articles) the"
+                    " coherent in-process cache answered, per pod: hits over all lookups"
+                    f" ({listed(LocalLookupResult)}; `{LocalLookupResult.BYPASS}`: read while"
+                    " the invalidation connection was down). A drop means more Redis round"
+                    " trips. Pods without a local cache have no line.",
+                    "percentunit",
+                    (
+                        Query(
+                            f"{rate_by(LOCAL_CACHE_LOOKUPS, 'pod', LOCAL_CACHE_HITS)}"
+                            f" / {rate_by(LOCAL_CACHE_LOOKUPS, 'pod', SERVICE)}",
+                            "{{pod}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Local cache bypassed",
+                    "1 while a pod's in-process cache is bypassed: its invalidation connection"
+                    " to Redis is down or silent, so the cache is empty and every read goes to"
+                    " Redis (slower, not wrong); BerthLocalCacheBypassed after 5 minutes. A pod"
+                    " without a local cache (no Redis URL, BERTH_CACHE__LOCAL_MAX_BYTES=0)"
+                    " exports none of its series and has no line.",
+                    "bool_yes_no",
+                    (
+                        Query(
+                            f"min by (pod) ({LOCAL_CACHE_LIVE}{{{SERVICE}}}) == bool 0", "{{pod}}"
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Local cache size",
+                    "Bytes of keys and values in each pod's in-process cache. The red dashed"
+                    " line is the bound they run with, as the pods export it"
+                    f" ({LOCAL_CACHE_MAX_BYTES}, from BERTH_CACHE__LOCAL_MAX_BYTES): the"
+                    " highest of the pods shown (they differ only during a rollout that changes"
+                    " it: pick a pod). Each worker has its own cache: with several, a pod's"
+                    " bytes and its bound are both summed over them. At its bound the least"
+                    " recently used entries go.",
+                    "bytes",
+                    (Query(f"sum by (pod) ({LOCAL_CACHE_BYTES}{{{SERVICE}}})", "{{pod}}"),),
+                    bound=f"max(sum by (pod) ({LOCAL_CACHE_MAX_BYTES}{{{SERVICE}}}))",
+                ),
+                Panel(
+                    "Local cache invalidations by reason",
+                    f"Invalidations of the in-process cache per second, by reason"
+                    f" ({listed(InvalidationReason)}): `{InvalidationReason.KEY}` counts each"
+                    " tracked key Redis said changed (a write on any replica, an expiry),"
+                    f" `{InvalidationReason.FLUSH}` a flush of Redis and"
+                    f" `{InvalidationReason.DISCONNECT}` a lost invalidation connection, each"
+                    " of which empties the whole cache.",
+                    "ops",
+                    (
+                        Query(
+                            rate_by(LOCAL_CACHE_INVALIDATIONS, "reason", SERVICE),
+                            "{{reason}}",
+                        ),
+                    ),
+                    stacked=True,
                 ),
             ),
         ),

@@ -260,6 +260,20 @@ class SubmissionSettings(BaseModel):
         return {code.upper(): rate for code, rate in rates.items()}
 
 
+class GcSettings(BaseModel):
+    """The garbage collector of a serving process, set once start-up is done
+    (service/core/gc_policy.py; measured in docs/benchmarks.md)."""
+
+    # Move everything start-up built (modules, routes, settings) out of the collector's
+    # scans for good: it lives as long as the process anyway.
+    freeze_after_startup: bool = True
+    # Python's `gc.set_threshold`: net new container objects before a young collection, and
+    # young (then middle) collections before the next older one.
+    gen0_threshold: int = Field(default=10_000, ge=100, le=1_000_000)
+    gen1_threshold: int = Field(default=10, ge=1, le=1000)
+    gen2_threshold: int = Field(default=10, ge=1, le=1000)
+
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["json", "console", "auto"]
 
@@ -317,6 +331,7 @@ class Settings(BaseSettings):
     submissions: SubmissionSettings = Field(default_factory=SubmissionSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
 
     @property
     def is_production(self) -> bool:

@@ -329,7 +329,7 @@ def locally_cached(
         cache_settings.local_max_bytes,
         cache_settings.local_ttl_seconds,
         cache_settings.local_heartbeat_seconds,
-        metrics.local_cache,
+        metrics.local_cache_metrics(cache_settings.local_max_bytes),
     )
     metrics.refresh_on_scrape(cache.refresh_metrics)
     listener = InvalidationListener(

@@ -11,6 +11,7 @@ import functools
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -134,17 +135,58 @@ def add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> Event
     return event_dict
 
 
+# Access-log characters held back at most before they are written (and so the memory taken).
+ACCESS_LOG_HOLD_CHARS = 64 * 1024
+
+
 class _CurrentStdout:
-    """Writes to whatever `sys.stdout` is at the moment (test capture swaps it per phase)."""
+    """Writes to whatever `sys.stdout` is at the moment (test capture swaps it per phase).
+
+    Access-log lines may be held back (`hold`) and written together: with PYTHONUNBUFFERED=1
+    (the image sets it) every write is a system call, one per request otherwise. Any other
+    line writes the held ones first, so the order of lines is kept. Only the process's own
+    stdout holds lines back; a capture (tests) gets each line at once.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[str] = []
+        self._held_chars = 0
+        # Other threads log too (stdlib loggers): a line held while they write is not lost.
+        self._lock = threading.Lock()
+
+    def hold(self, text: str) -> None:
+        if sys.stdout is not sys.__stdout__:
+            sys.stdout.write(text)
+            return
+        with self._lock:
+            self._held.append(text)
+            self._held_chars += len(text)
+            if self._held_chars >= ACCESS_LOG_HOLD_CHARS:
+                self._release()
+
+    def _release(self) -> None:
+        """Write the held lines; called with the lock held."""
+        if self._held:
+            sys.stdout.write("".join(self._held))
+            self._held.clear()
+            self._held_chars = 0
 
     def write(self, text: str) -> int:
-        return sys.stdout.write(text)
+        with self._lock:
+            self._release()
+            return sys.stdout.write(text)
 
     def flush(self) -> None:
+        with self._lock:
+            self._release()
         sys.stdout.flush()
 
     def isatty(self) -> bool:
         return sys.stdout.isatty()
+
+
+# One for the process: lines it holds survive a reconfiguration (tests configure per app).
+_STDOUT = _CurrentStdout()
 
 
 def _orjson_dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
@@ -201,7 +243,7 @@ def configure_logging(
     settings: LogSettings, *, with_trace: bool = False, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and the stdlib loggers; safe to call more than once."""
-    out: TextIO = stream or _CurrentStdout()  # type: ignore[assignment]
+    out: TextIO = stream or _STDOUT  # type: ignore[assignment]
     level = logging.getLevelName(settings.log_level)
     shared = _shared_processors(with_trace=with_trace)
     renderer = _renderer(settings.log_format, out)
@@ -279,24 +321,28 @@ class AccessLog:
     def __init__(self) -> None:
         self._processors: list[Processor] = []
         self._stream: TextIO | None = None
+        self._write: Callable[[str], object] | None = None
         self._fallback = get_logger(ACCESS_LOGGER)
 
     def configure(self, *, fast: bool, processors: list[Processor], stream: TextIO) -> None:
         self._processors = processors
         self._stream = stream if fast else None
+        self._write = None
+        if fast:
+            self._write = stream.hold if isinstance(stream, _CurrentStdout) else stream.write
 
     def __call__(self, fields: dict[str, Any]) -> None:
-        stream = self._stream
-        if stream is None:
+        write = self._write
+        if write is None:
             self._fallback.info(ACCESS_EVENT, **fields)
             return
         fields[EVENT] = ACCESS_EVENT
         fields[LOGGER] = ACCESS_LOGGER
         for processor in self._processors:
             fields = processor(None, "info", fields)  # type: ignore[assignment]  # dict in, dict out
-        # No flush per line (a write system call per request): `flush_periodically` in the
-        # lifespan flushes every ACCESS_LOG_FLUSH_SECONDS, and any other log line flushes too.
-        stream.write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+        # No write system call per line: `flush_periodically` in the lifespan writes what is
+        # held every ACCESS_LOG_FLUSH_SECONDS, and any other log line writes it first.
+        write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
 
     def flush(self) -> None:
         if self._stream is not None:

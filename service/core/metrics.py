@@ -1,4 +1,4 @@
-"""Prometheus metrics: HTTP (prometheus-fastapi-instrumentator), DB pools, build info.
+"""Prometheus metrics: HTTP (latency, in-progress), DB pools, build info.
 
 The rule for names: each feature declares its metric names once, in its own `metrics.py`
 (this module for the HTTP, pool and build metrics every app has; `service/tenants/metrics.py`
@@ -17,8 +17,6 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from http import HTTPStatus
-from timeit import default_timer
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -35,13 +33,10 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import metrics as instrumentator_metrics
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from service.core.middleware import route_template
 from service.core.ratelimit import RULES
@@ -50,6 +45,8 @@ from service.core.store import RedisErrorKind
 # Names as scraped (see the rule above).
 HTTP_REQUEST_DURATION = "http_request_duration_seconds"
 HTTP_REQUESTS_INPROGRESS = "http_requests_inprogress"
+# The handler label of a request no route matches (a 404, a scanner): never the raw path.
+UNMATCHED_HANDLER = "none"
 DB_POOL_SIZE = "berth_db_pool_size"
 DB_POOL_CHECKED_OUT = "berth_db_pool_checked_out"
 DB_POOL_OVERFLOW = "berth_db_pool_overflow"
@@ -61,6 +58,7 @@ CACHE_LOOKUPS = "berth_cache_lookups_total"
 LOCAL_CACHE_LOOKUPS = "berth_local_cache_lookups_total"
 LOCAL_CACHE_ENTRIES = "berth_local_cache_entries"
 LOCAL_CACHE_BYTES = "berth_local_cache_bytes"
+LOCAL_CACHE_MAX_BYTES = "berth_local_cache_max_bytes"
 LOCAL_CACHE_LIVE = "berth_local_cache_live"
 LOCAL_CACHE_INVALIDATIONS = "berth_local_cache_invalidations_total"
 REDIS_ERRORS = "berth_redis_errors_total"
@@ -90,6 +88,14 @@ EVENT_LOOP_PROBE_SECONDS = 0.5
 class CacheResult(StrEnum):
     HIT = "hit"
     MISS = "miss"
+
+
+class LocalLookupResult(StrEnum):
+    """The `result` label of berth_local_cache_lookups_total."""
+
+    HIT = "hit"
+    MISS = "miss"
+    BYPASS = "bypass"  # the invalidation connection was down: Redis was asked
 
 
 class InvalidationReason(StrEnum):
@@ -161,9 +167,12 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
-        self.observe_latency = instrumentator_metrics.latency(
-            metric_name=HTTP_REQUEST_DURATION,
-            metric_doc="Duration of HTTP requests in seconds, by route template.",
+        # The series prometheus-fastapi-instrumentator's `latency()` made (same name, help,
+        # label order and buckets), observed here on cached children (`HttpMetrics`).
+        self.latency = Histogram(
+            HTTP_REQUEST_DURATION,
+            "Duration of HTTP requests in seconds, by route template.",
+            ("handler", "method", "status"),
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -237,17 +246,30 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
-        local_lookups = Counter(
-            LOCAL_CACHE_LOOKUPS.removesuffix("_total"),
-            "Reads of Redis keys answered by the coherent in-process cache, by result (hit, "
-            "miss, bypass: the invalidation connection was down).",
-            ("result",),
-            registry=self.registry,
+    def local_cache_metrics(self, max_bytes: int) -> LocalCacheMetrics:
+        """The coherent in-process cache's series, registered when a cache is made (a pod
+        without one exports none of them, so "bypassed" never means "absent")."""
+        lookups = children_by(
+            Counter(
+                LOCAL_CACHE_LOOKUPS.removesuffix("_total"),
+                "Reads of Redis keys answered by the coherent in-process cache, by result "
+                "(hit, miss, bypass: the invalidation connection was down).",
+                ("result",),
+                registry=self.registry,
+            ),
+            "result",
+            LocalLookupResult,
         )
-        self.local_cache = LocalCacheMetrics(
-            hit=local_lookups.labels(result="hit"),
-            miss=local_lookups.labels(result="miss"),
-            bypass=local_lookups.labels(result="bypass"),
+        Gauge(
+            LOCAL_CACHE_MAX_BYTES,
+            "The bound of the coherent in-process cache (BERTH_CACHE__LOCAL_MAX_BYTES).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        ).set(max_bytes)
+        return LocalCacheMetrics(
+            hit=lookups[LocalLookupResult.HIT],
+            miss=lookups[LocalLookupResult.MISS],
+            bypass=lookups[LocalLookupResult.BYPASS],
             entries=Gauge(
                 LOCAL_CACHE_ENTRIES,
                 "Entries in the coherent in-process cache.",
@@ -256,7 +278,7 @@ class Metrics:
             ),
             size_bytes=Gauge(
                 LOCAL_CACHE_BYTES,
-                "Bytes of keys and values in the coherent in-process cache (its bound).",
+                "Bytes of keys and values in the coherent in-process cache.",
                 registry=self.registry,
                 multiprocess_mode="livesum",
             ),
@@ -336,95 +358,74 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.scraped_registry())
 
-    def middleware_options(self, excluded_paths: Sequence[str]) -> dict[str, Any]:
-        """Options for `InstrumentatorMiddleware`: exact status codes, templated handlers."""
-        return {
-            "metrics": self,
-            "should_group_status_codes": False,
-            "should_group_untemplated": True,
-            "excluded_handlers": [f"^{path}$" for path in excluded_paths],
-            "instrumentations": [self.observe_latency],
-            "registry": self.registry,
-        }
+    def http_metrics(self, excluded_paths: Iterable[str]) -> HttpMetrics:
+        """The per-request recorder `ObservabilityMiddleware` feeds (service/core/middleware.py)."""
+        return HttpMetrics(self, excluded_paths)
 
 
-# Bound on the label children remembered per middleware: handlers are route templates or
-# "none" and statuses few, so this is never reached in practice; it only caps the worst case.
-_CHILD_CACHE_SIZE = 4096
+# Bounds on the label children remembered: handlers are route templates or "none", methods
+# the few httptools parses, statuses the few the app sends, so neither is reached in
+# practice; they only cap the worst case (past them a child is looked up per request).
+_SERIES_CACHE_SIZE = 4096
+_STATUSES_PER_SERIES = 64
 
 
-class InstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
-    """prometheus-fastapi-instrumentator's middleware with its per-request work cut down.
+class RouteSeries:
+    """The children of one (method, handler): its in-progress gauge and its latency histogram
+    by status, each resolved once. prometheus_client's `labels()` validates the values, takes
+    a lock and looks the child up on every call; a request here makes none."""
 
-    It runs the configured instrumentations (the instrumentator's latency histogram, by
-    handler/method/exact status) and the in-progress gauge, skips excluded handlers and names
-    unknown paths "none", as upstream does; but upstream's `__call__` builds a Request, a
-    Response and Headers per request, tries every route and awaits an empty `gather`, while
-    this one reuses the request's cached route template and cached gauge children. Upstream
-    also registers the in-progress gauge in the global registry, which breaks a second app in
-    one process. Instrumentations here read only the `modified_*` fields of `Info`.
+    __slots__ = ("_by_status", "_handler", "_latency", "_method", "inprogress")
+
+    def __init__(self, metrics: Metrics, method: str, handler: str) -> None:
+        self.inprogress: Gauge = metrics.inprogress.labels(method, handler)
+        self._latency = metrics.latency
+        self._method = method
+        self._handler = handler
+        self._by_status: dict[int, Histogram] = {}
+
+    def start(self) -> None:
+        self.inprogress.inc()
+
+    def finish(self, status: int, seconds: float) -> None:
+        self.inprogress.dec()
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._latency.labels(self._handler, self._method, str(status))
+            if len(self._by_status) < _STATUSES_PER_SERIES:
+                self._by_status[status] = child
+        child.observe(seconds)
+
+
+class HttpMetrics:
+    """What prometheus-fastapi-instrumentator recorded per request, as berth configured it:
+    latency by route template, method and exact status, the in-progress gauge by method and
+    route template, unknown paths as "none", `excluded_paths` (probes, scrapes) not at all.
+
+    Excluded paths are exact: a matched request is excluded by its template, an unmatched
+    one by its path (upstream's `^path$` patterns, without a regular expression per request).
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, **options: Any) -> None:
-        super().__init__(app, should_instrument_requests_inprogress=False, **options)
-        self.metrics = metrics
-        self._excluded: dict[str, bool] = {}
-        self._inprogress: dict[tuple[str, str], Any] = {}
+    def __init__(self, metrics: Metrics, excluded_paths: Iterable[str]) -> None:
+        self._metrics = metrics
+        self._excluded = frozenset(excluded_paths)
+        self._series: dict[tuple[str, str], RouteSeries] = {}
 
-    def _inprogress_child(self, method: str, handler: str) -> Any:
-        child = self._inprogress.get((method, handler))
-        if child is None:
-            child = self.metrics.inprogress.labels(method, handler)
-            if len(self._inprogress) < _CHILD_CACHE_SIZE:
-                self._inprogress[method, handler] = child
-        return child
+    def __len__(self) -> int:
+        return len(self._series)
 
-    def _handler_of(self, scope: Scope) -> tuple[str, bool]:
-        """(handler label, excluded?) as upstream derives them."""
+    def series_of(self, scope: Scope) -> RouteSeries | None:
+        """The request's children, or None when it is not observed."""
         template = route_template(scope)
-        if template is None:
-            return "none", self._is_handler_excluded(scope["path"], False)
-        excluded = self._excluded.get(template)
-        if excluded is None:
-            excluded = self._excluded[template] = self._is_handler_excluded(template, True)
-        return template, excluded
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = default_timer()
-        handler, excluded = self._handler_of(scope)
-        if excluded:
-            await self.app(scope, receive, send)
-            return
-        method = scope["method"]
-        inprogress = self._inprogress_child(method, handler)
-        inprogress.inc()
-        status = HTTPStatus.INTERNAL_SERVER_ERROR.value
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            inprogress.dec()
-            duration = max(default_timer() - started, 0.0)
-            info = instrumentator_metrics.Info(
-                request=Request(scope),
-                response=None,
-                method=method,
-                modified_handler=handler,
-                modified_status=str(status),
-                modified_duration=duration,
-                modified_duration_without_streaming=duration,
-            )
-            for instrumentation in self.instrumentations:
-                instrumentation(info)
+        if (scope["path"] if template is None else template) in self._excluded:
+            return None
+        key = (scope["method"], UNMATCHED_HANDLER if template is None else template)
+        series = self._series.get(key)
+        if series is None:
+            series = RouteSeries(self._metrics, *key)
+            if len(self._series) < _SERIES_CACHE_SIZE:
+                self._series[key] = series
+        return series
 
 
 class _Refresh(Collector):

@@ -1,7 +1,7 @@
 """Pure-ASGI middleware (no BaseHTTPMiddleware: it costs throughput and breaks streaming).
 
 Outermost first: (forwarded headers, with trusted proxies: `service/core/proxies.py`) ->
-request context -> access log -> metrics (`service/core/metrics.py`) -> security headers ->
+observability (request id, log context, access log, HTTP metrics) -> security headers ->
 body-size limit -> error envelope -> storable text -> (CORS, trusted hosts when configured)
 -> router. `service/main.py` adds them in that order.
 """
@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import structlog
@@ -104,38 +104,6 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestContextMiddleware:
-    """Accept a well-formed X-Request-ID (<= 64 chars) or make one; echo it; bind it to logs."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = _header(scope, REQUEST_ID_HEADER)
-        if incoming is not None and _REQUEST_ID_PATTERN.match(incoming):
-            request_id = incoming.decode()
-        else:
-            request_id = new_request_id()
-        scope[REQUEST_ID_SCOPE_KEY] = request_id
-        header = (REQUEST_ID_HEADER, request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        # Each request runs in its own task with a copy of the server's context; clearing at
-        # the end covers callers that share one task between requests (in-process clients).
-        structlog.contextvars.bind_contextvars(**{REQUEST_ID: request_id})
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            structlog.contextvars.clear_contextvars()
-
-
 class RouteTemplateCache:
     """Route templates of one app by (method, root path, path), least recently used first out.
 
@@ -194,32 +162,94 @@ def route_template(scope: Scope) -> str | None:
     return template if isinstance(template, str) else None
 
 
-class AccessLogMiddleware:
-    """One JSON line per request: method, route, path, status, duration, bytes, client."""
+class RequestSeries(Protocol):
+    """One request's HTTP metrics: started when it comes in, finished with its status."""
 
-    def __init__(self, app: ASGIApp, *, excluded_paths: Iterable[str] = ()) -> None:
+    def start(self) -> None: ...
+
+    def finish(self, status: int, seconds: float) -> None: ...
+
+
+class RequestMetrics(Protocol):
+    """What `ObservabilityMiddleware` records into (`service/core/metrics.py`, HttpMetrics;
+    a protocol, since metrics.py builds on `route_template` from here)."""
+
+    def series_of(self, scope: Scope) -> RequestSeries | None: ...
+
+
+def _request_id(scope: Scope) -> str:
+    """A well-formed incoming X-Request-ID (<= 64 chars of [A-Za-z0-9._:-]), else a new one."""
+    incoming = _header(scope, REQUEST_ID_HEADER)
+    if incoming is not None and _REQUEST_ID_PATTERN.match(incoming):
+        return incoming.decode()
+    return new_request_id()
+
+
+class ObservabilityMiddleware:
+    """What every request gets first, in one layer: its id, its log context, its access-log
+    line and its HTTP metrics.
+
+    - X-Request-ID: a well-formed incoming one is kept, else one is made; it is echoed on the
+      response and bound to every log line written while the request runs.
+    - One JSON access-log line per request (method, route, path, status, duration, bytes,
+      client), except for `excluded_paths` (probes, scrapes).
+    - With `http_metrics`, the latency histogram and in-progress gauge (their own exclusions).
+
+    These were three layers; each cost a closure, a send hop, an await and a clock per request
+    (docs/benchmarks.md), and one response start and one status serve all three here.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        excluded_paths: Iterable[str] = (),
+        http_metrics: RequestMetrics | None = None,
+    ) -> None:
         self.app = app
         self.excluded_paths = frozenset(excluded_paths)
+        self.http_metrics = http_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.excluded_paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        request_id = scope[REQUEST_ID_SCOPE_KEY] = _request_id(scope)
+        id_header = (REQUEST_ID_HEADER, request_id.encode())
+        series = None if self.http_metrics is None else self.http_metrics.series_of(scope)
         status = HTTPStatus.INTERNAL_SERVER_ERROR.value
         response_bytes = 0
 
-        async def send_counting(message: Message) -> None:
+        async def send_observed(message: Message) -> None:
             nonlocal status, response_bytes
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
             elif message["type"] == "http.response.body":
                 response_bytes += len(message.get("body", b""))
             await send(message)
 
+        # Each request runs in its own task with a copy of the server's context; `_finish`
+        # clears it anyway, for callers that share one task between requests (in-process
+        # clients).
+        structlog.contextvars.bind_contextvars(**{REQUEST_ID: request_id})
+        if series is not None:
+            series.start()
+        started = time.perf_counter()
         try:
-            await self.app(scope, receive, send_counting)
+            await self.app(scope, receive, send_observed)
         finally:
+            self._finish(scope, series, status, response_bytes, time.perf_counter() - started)
+
+    def _finish(
+        self, scope: Scope, series: RequestSeries | None, status: int, response_bytes: int,
+        seconds: float,
+    ) -> None:  # fmt: skip
+        try:
+            if series is not None:
+                series.finish(status, seconds)
+            if scope["path"] in self.excluded_paths:
+                return
             client = scope.get("client")
             access_log(
                 {
@@ -227,11 +257,13 @@ class AccessLogMiddleware:
                     ROUTE: route_template(scope),
                     PATH: scope["path"],
                     STATUS: status,
-                    DURATION_MS: round((time.perf_counter() - started) * 1000, 3),
+                    DURATION_MS: round(seconds * 1000, 3),
                     RESPONSE_BYTES: response_bytes,
                     CLIENT: client[0] if client else None,
                 }
             )
+        finally:
+            structlog.contextvars.clear_contextvars()
 
 
 class SecurityHeadersMiddleware:

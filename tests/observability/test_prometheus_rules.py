@@ -104,7 +104,7 @@ def test_the_metric_name_check_can_fail() -> None:
 
 # Label values the rules match on, and where berth defines them.
 LABEL_VALUES = {
-    "result": {r.value for r in Result},
+    "result": {r.value for r in (*Result, *core_metrics.LocalLookupResult)},
     "handler": {h.value for h in Handler},
     "phase": {p.value for p in Phase},
     "reason": set(EVICTION_REASONS),

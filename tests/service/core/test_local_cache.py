@@ -26,6 +26,7 @@ from service.core.local_cache import (
 from service.core.metrics import (
     LOCAL_CACHE_BYTES,
     LOCAL_CACHE_LIVE,
+    LOCAL_CACHE_MAX_BYTES,
     InvalidationReason,
     Metrics,
 )
@@ -59,7 +60,7 @@ async def replica(redis_server: str) -> AsyncIterator[ReplicaFactory]:
         metrics = Metrics(version="test", commit="test")
         redis = create_store(RedisSettings(url=redis_server))
         assert isinstance(redis, RedisStore)
-        cache = LocalCache(max_bytes, 30.0, HEARTBEAT, metrics.local_cache)
+        cache = LocalCache(max_bytes, 30.0, HEARTBEAT, metrics.local_cache_metrics(max_bytes))
         listener = InvalidationListener(
             listen_url or redis_server, (PREFIX,), cache, HEARTBEAT, 1.0
         )
@@ -93,7 +94,7 @@ async def heard_by(write: Awaitable[object], *nodes: Replica) -> None:
 
 def invalidations(node: Replica) -> float:
     """Keys Redis said changed, as the node processed them."""
-    return float(node.metrics.local_cache.invalidations[InvalidationReason.KEY]._value.get())
+    return float(node.store.cache.metrics.invalidations[InvalidationReason.KEY]._value.get())
 
 
 def key() -> str:
@@ -110,7 +111,7 @@ async def test_a_second_read_is_answered_from_memory(replica: ReplicaFactory, re
     node = await replica()
     k = key()
     await heard_by(redis.set(k, b"v1"), node)
-    hits, misses = node.metrics.local_cache.hit, node.metrics.local_cache.miss
+    hits, misses = node.store.cache.metrics.hit, node.store.cache.metrics.miss
 
     assert await node.store.get(k) == b"v1"
     assert await node.store.get(k) == b"v1"
@@ -189,7 +190,7 @@ async def test_flushdb_empties_the_cache(replica: ReplicaFactory, redis_server: 
     await heard_by(node.store.set(k, b"v", 60), node)
     assert await node.store.get(k) == b"v"
     assert node.cache.entries == 1
-    flushes = node.metrics.local_cache.invalidations[InvalidationReason.FLUSH]
+    flushes = node.store.cache.metrics.invalidations[InvalidationReason.FLUSH]
     before = flushes._value.get()
 
     async with Redis.from_url(redis_server) as client:
@@ -288,3 +289,15 @@ def test_there_is_no_local_cache_without_redis_or_with_a_zero_bound(redis_server
     assert locally_cached(redis_store, _settings(redis_server, 0), metrics, (PREFIX,)) is None
     made = locally_cached(redis_store, _settings(redis_server, 1 << 20), metrics, (PREFIX,))
     assert isinstance(made, LocallyCachedStore)
+
+
+def test_a_process_without_a_local_cache_exports_none_of_its_series(redis_server: str) -> None:
+    """So that a dashboard or an alert never reads "bypassed" where there is no cache."""
+    metrics = Metrics(version="test", commit="test")
+    locally_cached(MemoryStore(10), _settings(None, 1 << 20), metrics, (PREFIX,))
+    assert metrics.registry.get_sample_value(LOCAL_CACHE_LIVE) is None
+
+    redis_store = create_store(RedisSettings(url=redis_server))
+    locally_cached(redis_store, _settings(redis_server, 1 << 20), metrics, (PREFIX,))
+    assert metrics.registry.get_sample_value(LOCAL_CACHE_LIVE) == 0
+    assert metrics.registry.get_sample_value(LOCAL_CACHE_MAX_BYTES) == 1 << 20

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 
 import httpx
 import pytest
 import structlog
 
 from service.core.config import ObservabilitySettings
-from service.core.logging import REDACTED, configure_logging, get_logger
+from service.core.logging import REDACTED, access_log, configure_logging, get_logger
 from tests.support import json_lines
 
 SECRETS = {
@@ -123,6 +124,52 @@ async def test_requests_never_log_credentials_headers_or_bodies(
         assert secret not in output
     assert "pw-should-not-appear" not in output
     assert "tok-should-not-appear" not in output
+
+
+class CountingStdout(io.StringIO):
+    """An unbuffered stdout (PYTHONUNBUFFERED=1): each write would be a system call."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_access_lines_on_unbuffered_stdout_are_written_together_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = CountingStdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "__stdout__", out)  # the process's own stdout, not a capture
+    configure_logging(ObservabilitySettings(log_format="json"))
+    try:
+        for n in range(100):
+            access_log({"status": 200, "n": n})
+        assert out.writes == 0  # held: the lifespan's flusher writes them within 0.2 s
+
+        get_logger("berth.test").warning("after_the_requests")  # writes the held lines first
+        access_log({"status": 200, "n": 100})
+        access_log.flush()
+    finally:
+        access_log.flush()
+
+    lines = json_lines(out.getvalue())
+    assert [line.get("n") for line in lines] == [*range(100), None, 100]
+    assert lines[100]["event"] == "after_the_requests"
+    assert out.writes <= 4
+
+
+def test_a_captured_stdout_gets_each_access_line_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(ObservabilitySettings(log_format="json"))
+    capsys.readouterr()
+
+    access_log({"status": 200})
+
+    [line] = json_lines(capsys.readouterr().out)
+    assert line["status"] == 200
 
 
 def teardown_module() -> None:

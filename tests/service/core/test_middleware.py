@@ -7,9 +7,22 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
 
-from service.core.middleware import SecurityHeadersMiddleware
+from service.core.config import ObservabilitySettings, Settings
+from service.core.http import REQUEST_ID_SCOPE_KEY
+from service.core.logging import configure_logging
+from service.core.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS_INPROGRESS, Metrics
+from service.core.middleware import (
+    BodySizeLimitMiddleware,
+    ErrorEnvelopeMiddleware,
+    ObservabilityMiddleware,
+    SecurityHeadersMiddleware,
+    StorableTextMiddleware,
+)
+from service.core.proxies import ForwardedHeadersMiddleware
+from service.main import UNOBSERVED_PATHS, create_app
 from tests.conftest import ClientFactory
 from tests.support import assert_envelope, json_lines
 
@@ -96,6 +109,62 @@ async def test_access_log_skips_probes_and_scrapes(
 
     lines = json_lines(capsys.readouterr().out)
     assert not [line for line in lines if line["event"] == "request"]
+
+
+@pytest.mark.parametrize("proxies", [[], ["10.0.0.0/8"]], ids=["direct", "behind-proxies"])
+def test_request_id_access_log_and_metrics_are_one_layer(
+    make_settings: Callable[..., Settings], proxies: list[str]
+) -> None:
+    """They were three layers (request context, access log, instrumentator), each a closure,
+    a send hop and an await per request; outside it only the forwarded headers, which name
+    the client it logs."""
+    app = create_app(make_settings(http={"trusted_proxies": proxies}))
+
+    stack = [layer.cls for layer in app.user_middleware]
+
+    outer = [ForwardedHeadersMiddleware] if proxies else []
+    inner = [SecurityHeadersMiddleware, BodySizeLimitMiddleware, ErrorEnvelopeMiddleware,
+             StorableTextMiddleware]  # fmt: skip
+    assert stack == [*outer, ObservabilityMiddleware, *inner]
+    [observability] = [m for m in app.user_middleware if m.cls is ObservabilityMiddleware]
+    assert observability.kwargs["http_metrics"] is not None
+    assert set(observability.kwargs["excluded_paths"]) == set(UNOBSERVED_PATHS)
+
+
+async def test_a_request_the_app_fails_is_still_logged_counted_and_cleared(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An exception escaping the app (nothing inside made it a response) is a 500 in the
+    access log and the metrics, the gauge is back at 0, and the log context is cleared."""
+    configure_logging(ObservabilitySettings(log_format="json"))
+    metrics = Metrics(version="test", commit="test")
+
+    async def failing(scope: dict, receive: object, send: object) -> None:
+        raise RuntimeError("escaped")
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        raise AssertionError("nothing is sent")
+
+    layer = ObservabilityMiddleware(failing, http_metrics=metrics.http_metrics(()))
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "app": FastAPI(),
+             "client": ("192.0.2.1", 1)}  # fmt: skip
+    capsys.readouterr()
+
+    with pytest.raises(RuntimeError):
+        await layer(scope, receive, send)
+
+    [line] = json_lines(capsys.readouterr().out)
+    assert line["status"] == 500
+    assert line["request_id"] == scope[REQUEST_ID_SCOPE_KEY]
+    assert line["client"] == "192.0.2.1"
+    sample = metrics.registry.get_sample_value
+    assert sample(f"{HTTP_REQUEST_DURATION}_count",
+                  {"handler": "none", "method": "GET", "status": "500"}) == 1  # fmt: skip
+    assert sample(HTTP_REQUESTS_INPROGRESS, {"handler": "none", "method": "GET"}) == 0
+    assert structlog.contextvars.get_contextvars() == {}
 
 
 async def test_security_headers_are_on_every_response(probe_client: httpx.AsyncClient) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from cachetools import TTLCache
@@ -255,6 +256,14 @@ class InvalidationListener:
         self.cache.metrics.invalidations[InvalidationReason.KEY].inc(len(keys))
 
 
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A Redis read under way for a tuple of keys: the epoch it started at, its answer."""
+
+    epoch: int
+    values: asyncio.Future[list[bytes | None] | None]
+
+
 class LocallyCachedStore:
     """A `KeyValueStore` whose reads of tracked keys are answered by `LocalCache` when it
     can; every other key, and every write, goes to Redis (writes also forget locally)."""
@@ -268,6 +277,7 @@ class LocallyCachedStore:
         self.cache = cache
         self.listener = listener
         self._prefixes = listener.prefixes
+        self._flights: dict[tuple[str, ...], _Flight] = {}
 
     def _tracked(self, keys: tuple[str, ...]) -> bool:
         return all(key.startswith(self._prefixes) for key in keys)
@@ -281,10 +291,31 @@ class LocallyCachedStore:
         cached = self.cache.lookup(keys)
         if cached is not None:
             return cached
-        epoch = self.cache.epoch
-        values = await self.redis.get_many(*keys)
-        self.cache.store(epoch, keys, values)
-        return values
+        flight = self._flights.get(keys)
+        if flight is None:
+            return await self._fly(keys)
+        values = await asyncio.shield(flight.values)
+        # The leader's answer is good for this request only if nothing was invalidated since
+        # it asked (the same rule as keeping it in the cache); else ask Redis again.
+        if values is None or self.cache.epoch != flight.epoch:
+            return await self.redis.get_many(*keys)
+        return list(values)
+
+    async def _fly(self, keys: tuple[str, ...]) -> list[bytes | None]:
+        """Read `keys` from Redis for every request that misses them meanwhile: when an
+        entry expires, the requests in flight ask once, not each (they were 64-256 at once,
+        beyond the Redis pool: tails and 503s, docs/benchmarks.md)."""
+        flight = _Flight(self.cache.epoch, asyncio.get_running_loop().create_future())
+        self._flights[keys] = flight
+        try:
+            values = await self.redis.get_many(*keys)
+            self.cache.store(flight.epoch, keys, values)
+            flight.values.set_result(values)
+            return values
+        finally:
+            del self._flights[keys]
+            if not flight.values.done():  # failed or cancelled: followers read themselves
+                flight.values.set_result(None)
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
         try:

@@ -301,3 +301,80 @@ def test_a_process_without_a_local_cache_exports_none_of_its_series(redis_server
     locally_cached(redis_store, _settings(redis_server, 1 << 20), metrics, (PREFIX,))
     assert metrics.registry.get_sample_value(LOCAL_CACHE_LIVE) == 0
     assert metrics.registry.get_sample_value(LOCAL_CACHE_MAX_BYTES) == 1 << 20
+
+
+class CountingRedis(RedisStore):
+    """The real Redis store, counting its MGETs (and able to hold them at a gate)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        super().__init__(store.client, store.timeout_seconds)
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def get_many(self, *keys: str) -> list[bytes | None]:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().get_many(*keys)
+
+
+def counting(node: Replica) -> CountingRedis:
+    counted = CountingRedis(node.store.redis)
+    node.store.redis = counted
+    return counted
+
+
+async def test_requests_missing_the_same_keys_at_once_ask_redis_once(
+    replica: ReplicaFactory, redis: Redis
+) -> None:
+    """When an entry expires under load every request in flight misses it together."""
+    node = await replica()
+    k = key()
+    await heard_by(redis.set(k, b"v"), node)
+    redis_reads = counting(node)
+
+    answers = await asyncio.gather(*(node.store.get_many(k) for _ in range(50)))
+
+    assert answers == [[b"v"]] * 50
+    assert redis_reads.reads == 1
+
+
+async def test_a_request_joining_a_read_that_an_invalidation_overtook_asks_again(
+    replica: ReplicaFactory, redis: Redis
+) -> None:
+    node = await replica()
+    k = key()
+    await heard_by(redis.set(k, b"old"), node)
+    redis_reads = counting(node)
+    redis_reads.gate = asyncio.Event()
+    leader = asyncio.create_task(node.store.get_many(k))
+    await eventually(lambda: redis_reads.reads == 1)
+    follower = asyncio.create_task(node.store.get_many(k))
+    await asyncio.sleep(0)
+
+    await heard_by(redis.set(k, b"new"), node)  # while the leader's read is held
+    redis_reads.gate.set()
+
+    assert await follower == [b"new"]
+    assert redis_reads.reads == 2
+    await leader
+
+
+async def test_followers_of_a_cancelled_read_read_for_themselves(
+    replica: ReplicaFactory, redis: Redis
+) -> None:
+    node = await replica()
+    k = key()
+    await heard_by(redis.set(k, b"v"), node)
+    redis_reads = counting(node)
+    redis_reads.gate = asyncio.Event()
+    leader = asyncio.create_task(node.store.get_many(k))
+    await eventually(lambda: redis_reads.reads == 1)
+    follower = asyncio.create_task(node.store.get_many(k))
+    await asyncio.sleep(0)
+
+    leader.cancel()
+    redis_reads.gate.set()
+
+    assert await follower == [b"v"]
+    assert leader.cancelled()

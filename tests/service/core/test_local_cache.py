@@ -317,11 +317,29 @@ class CountingRedis(RedisStore):
             await self.gate.wait()
         return await super().get_many(*keys)
 
+    def release(self) -> None:
+        assert self.gate is not None
+        self.gate.set()
+
 
 def counting(node: Replica) -> CountingRedis:
     counted = CountingRedis(node.store.redis)
     node.store.redis = counted
     return counted
+
+
+Read = asyncio.Task[list[bytes | None]]
+
+
+async def read_held_with_a_follower(node: Replica, k: str) -> tuple[Read, Read, CountingRedis]:
+    """A read of `k` held at Redis (the leader) and a second read of `k` joining it."""
+    redis_reads = counting(node)
+    redis_reads.gate = asyncio.Event()
+    leader = asyncio.create_task(node.store.get_many(k))
+    await eventually(lambda: redis_reads.reads == 1)
+    follower = asyncio.create_task(node.store.get_many(k))
+    await asyncio.sleep(0)
+    return leader, follower, redis_reads
 
 
 async def test_requests_missing_the_same_keys_at_once_ask_redis_once(
@@ -345,15 +363,10 @@ async def test_a_request_joining_a_read_that_an_invalidation_overtook_asks_again
     node = await replica()
     k = key()
     await heard_by(redis.set(k, b"old"), node)
-    redis_reads = counting(node)
-    redis_reads.gate = asyncio.Event()
-    leader = asyncio.create_task(node.store.get_many(k))
-    await eventually(lambda: redis_reads.reads == 1)
-    follower = asyncio.create_task(node.store.get_many(k))
-    await asyncio.sleep(0)
+    leader, follower, redis_reads = await read_held_with_a_follower(node, k)
 
     await heard_by(redis.set(k, b"new"), node)  # while the leader's read is held
-    redis_reads.gate.set()
+    redis_reads.release()
 
     assert await follower == [b"new"]
     assert redis_reads.reads == 2
@@ -366,15 +379,10 @@ async def test_followers_of_a_cancelled_read_read_for_themselves(
     node = await replica()
     k = key()
     await heard_by(redis.set(k, b"v"), node)
-    redis_reads = counting(node)
-    redis_reads.gate = asyncio.Event()
-    leader = asyncio.create_task(node.store.get_many(k))
-    await eventually(lambda: redis_reads.reads == 1)
-    follower = asyncio.create_task(node.store.get_many(k))
-    await asyncio.sleep(0)
+    leader, follower, redis_reads = await read_held_with_a_follower(node, k)
 
     leader.cancel()
-    redis_reads.gate.set()
+    redis_reads.release()
 
     assert await follower == [b"v"]
     assert leader.cancelled()

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from cachetools import TLRUCache
 from prometheus_client import Counter
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -186,14 +186,19 @@ class MemoryStore:
 
 def create_redis_client(settings: RedisSettings) -> Redis:
     assert settings.url is not None
+    # A blocking pool: a burst beyond `max_connections` waits for a connection (bounded by
+    # the store's timeout around each call) instead of failing at once with "Too many
+    # connections" (503s when a cached entry expired under 256 requests, docs/benchmarks.md).
     # socket_timeout=None (redis-py 8 defaults to 5 s): RedisStore bounds each call itself.
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.url.get_secret_value(),
         socket_timeout=None,
         socket_connect_timeout=settings.socket_timeout_seconds,
         max_connections=settings.max_connections,
         health_check_interval=30,
+        timeout=None,
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def create_store(settings: RedisSettings, *, errors: Counter | None = None) -> KeyValueStore:

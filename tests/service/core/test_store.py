@@ -155,3 +155,18 @@ async def test_an_unreachable_redis_is_unavailable_not_a_crash(unused_tcp_port: 
             await store.get_many(key(), key())
     finally:
         await store.close()
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_for_a_connection_instead_of_failing(
+    redis_server: str,
+) -> None:
+    """More concurrent calls than `max_connections`: each waits for a pooled connection
+    (within the store's timeout) rather than failing at once with "Too many connections"."""
+    store = create_store(RedisSettings(url=redis_server, max_connections=2))
+    k = key()
+    try:
+        await store.set(k, b"v", ttl_seconds=30)
+        answers = await asyncio.gather(*(store.get(k) for _ in range(50)))
+    finally:
+        await store.close()
+    assert answers == [b"v"] * 50

@@ -77,7 +77,7 @@ class LocalCache:
         self.epoch = 0
         self._subscribed = False
         self._last_heard = float("-inf")
-        self._observe()
+        self.refresh_metrics()
 
     @property
     def is_live(self) -> bool:
@@ -147,14 +147,11 @@ class LocalCache:
             self._subscribed = False
             self.clear(InvalidationReason.DISCONNECT)
 
-    def _observe(self) -> None:
+    def refresh_metrics(self) -> None:
+        """Set the gauges (at start and before each scrape)."""
         self.metrics.entries.set(self.entries)
         self.metrics.size_bytes.set(self.size_bytes)
         self.metrics.live.set(1 if self.is_live else 0)
-
-    def refresh_metrics(self) -> None:
-        """Set the gauges (before each scrape)."""
-        self._observe()
 
 
 class InvalidationListener:

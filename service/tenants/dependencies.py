@@ -49,6 +49,16 @@ def _request_tenant(tenancy: Tenancy, claim: TenantClaim, requested: str | None)
     return entry
 
 
+def _served_tenant(
+    request: Request, claim: TenantClaim, requested: str | None
+) -> tuple[Tenancy, TenantEntry]:
+    """The request's tenant for a route that uses its database, counted per tenant."""
+    tenancy = TENANCY.of(request)
+    tenant = _request_tenant(tenancy, claim, requested)
+    tenancy.metrics.count_request(tenant.slug)
+    return tenancy, tenant
+
+
 def tenant_resolver(claim_dependency: ClaimDependency) -> Callable[..., Awaitable[TenantEntry]]:
     """A dependency resolving the request's tenant from the claim `claim_dependency` gives
     (a `TenantClaim`, such as the authenticated `Principal`) and the X-Tenant-ID header."""
@@ -80,9 +90,7 @@ def tenant_scope_for(
         claim: Annotated[TenantClaim, Depends(claim_dependency)],
         requested: TenantHeader = None,
     ) -> AsyncIterator[TenantScope]:
-        tenancy = TENANCY.of(request)
-        tenant = _request_tenant(tenancy, claim, requested)
-        tenancy.metrics.count_request(tenant.slug)
+        tenancy, tenant = _served_tenant(request, claim, requested)
         async with (
             tenancy.engines.lease(tenant) as sessions,
             session_scope(sessions.for_method(request.method)) as session,
@@ -113,9 +121,7 @@ def tenant_reader_for(claim_dependency: ClaimDependency) -> Callable[..., Awaita
         claim: Annotated[TenantClaim, Depends(claim_dependency)],
         requested: TenantHeader = None,
     ) -> TenantReader:
-        tenancy = TENANCY.of(request)
-        tenant = _request_tenant(tenancy, claim, requested)
-        tenancy.metrics.count_request(tenant.slug)
+        tenancy, tenant = _served_tenant(request, claim, requested)
         reader = tenancy.engines.reader(tenant)
         _route_exit_stack(request).push_async_callback(reader.close)
         return reader

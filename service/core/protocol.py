@@ -9,15 +9,19 @@ Two things happen before a request is an ASGI request, so no middleware can see 
   goes beyond `HttpSettings.max_header_*` is answered 431 as soon as that is known, from the
   bytes as they arrive, before the rest is buffered.
 
+It also sends each response in one write: uvicorn writes the head and the body separately,
+two `send` system calls per response where one will do (`HeldWrites`).
+
 `python -m service serve` runs uvicorn with this class (`http=BerthHttpProtocol`); the limits
 are set from the settings by `create_app`, which uvicorn calls before it accepts a connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -47,6 +51,86 @@ class HeaderLimits:
         return cls(settings.max_header_bytes, settings.max_header_line_bytes, settings.max_headers)
 
 
+class HeldWrites(asyncio.Transport):
+    """A transport that holds what is written during one turn of the event loop and sends it
+    as one write at the end of the turn (or before the connection is closed or half-closed).
+
+    uvicorn writes a response's head when the app starts it and its body when the app sends
+    it, almost always in the same turn: two system calls, and two segments on the wire, for
+    what fits in one. Held bytes are never reordered and never wait for the next turn, so a
+    streamed response still goes out chunk by chunk.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+
 def configure_protocol(settings: HttpSettings) -> None:
     """Set the header limits every connection of this process is held to."""
     BerthHttpProtocol.limits = HeaderLimits.of(settings)
@@ -62,6 +146,10 @@ class BerthHttpProtocol(HttpToolsProtocol):
     _header_count = 0
     _over_limit = False  # a header callback found the request over a limit
     _refused = False  # answered and closing: nothing more is read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        super().connection_made(HeldWrites(cast(asyncio.Transport, transport), self.loop))
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

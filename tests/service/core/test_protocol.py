@@ -1,9 +1,11 @@
 """What never reaches the app: unparseable requests and oversized headers, against the real
-server (`python -m service serve`) over raw TCP.
+server (`python -m service serve`) over raw TCP; and `HeldWrites`, on a real loopback
+connection.
 
 Malformed requests answer the error envelope (uvicorn alone writes a plain-text 400); header
 blocks, lines or counts beyond the limits answer 431 while the bytes are still arriving, and
-the event loop stays free for everyone else.
+the event loop stays free for everyone else. What is written in one turn of the event loop
+leaves in one write.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
 
+from service.core.protocol import BerthHttpProtocol, HeldWrites
 from tests.conftest import ServeFactory
+from tests.support import eventually
 
 LIMITS = {"total": 65_536, "line": 16_384, "count": 100}
 
@@ -163,3 +172,125 @@ async def test_liveness_stays_fast_while_a_client_streams_a_huge_header(server: 
     assert latencies
     # Not a benchmark: a stalled loop (seconds, as before the limits) is what this catches.
     assert max(latencies) < 0.5, latencies
+
+
+@dataclass
+class HeldConnection:
+    """A loopback connection whose server side writes through `HeldWrites`; `sent` records
+    each write that reached the real transport (a spy on it, the bytes still go out)."""
+
+    held: HeldWrites
+    reader: asyncio.StreamReader
+    sent: list[bytes] = field(default_factory=list)
+
+    async def read_exactly(self, count: int) -> bytes:
+        return await asyncio.wait_for(self.reader.readexactly(count), timeout=5)
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[HeldConnection]:
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+    class Accept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.set_result(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    transport = await accepted
+    sent: list[bytes] = []
+    write = transport.write
+
+    def record(data: bytes) -> None:
+        sent.append(bytes(data))
+        write(data)
+
+    transport.write = record  # type: ignore[method-assign]
+    yield HeldConnection(HeldWrites(transport, loop), reader, sent)
+    writer.close()
+    transport.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_writes_in_one_turn_of_the_loop_leave_as_one_write(
+    connection: HeldConnection,
+) -> None:
+    connection.held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    connection.held.write(b"body")
+
+    received = await connection.read_exactly(42)
+
+    assert received == b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody"
+    assert connection.sent == [received]
+
+
+async def test_a_write_is_not_held_past_its_turn(connection: HeldConnection) -> None:
+    connection.held.write(b"first")
+    assert await connection.read_exactly(5) == b"first"  # nothing else was written meanwhile
+
+    connection.held.write(b"second")
+
+    assert await connection.read_exactly(6) == b"second"
+    assert connection.sent == [b"first", b"second"]
+
+
+async def test_closing_sends_what_is_held_first(connection: HeldConnection) -> None:
+    connection.held.write(b"last words")
+    connection.held.close()
+
+    assert await asyncio.wait_for(connection.reader.read(), timeout=5) == b"last words"
+
+
+async def test_half_closing_sends_what_is_held_first(connection: HeldConnection) -> None:
+    connection.held.write(b"answer")
+    connection.held.write_eof()
+
+    assert await asyncio.wait_for(connection.reader.read(), timeout=5) == b"answer"
+    assert connection.sent == [b"answer"]
+
+
+async def test_aborting_drops_what_is_held(connection: HeldConnection) -> None:
+    connection.held.write(b"never sent")
+    connection.held.abort()
+    await asyncio.sleep(0.05)
+
+    assert connection.sent == []
+
+
+async def test_berths_protocol_writes_through_held_writes() -> None:
+    """uvicorn with berth's protocol, in this process, so its connections can be looked at."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http=BerthHttpProtocol, lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[_listening_socket()]))
+    try:
+        await eventually(lambda: server.started)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\nok"), timeout=5)
+        protocols = list(server.server_state.connections)  # this one is still open
+        writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout=10)
+
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(protocols) == 1
+    assert isinstance(protocols[0].transport, HeldWrites)
+
+
+def _listening_socket() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    return listener

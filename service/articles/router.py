@@ -5,7 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from service.articles.cache import RenderedArticle
 from service.articles.schemas import (
@@ -40,11 +40,10 @@ SlugParam = Annotated[ArticleSlug, Path(description="The article's slug")]
 IfMatch = Annotated[str | None, Header(description="ETag the change is based on (412 if stale)")]
 
 
-async def get_article_service(request: Request) -> ArticleService:
+def articles_of(request: Request) -> ArticleService:
+    # Read from the app's container in the route, not as a dependency: each node of the
+    # dependency graph costs ~10 µs per request (docs/benchmarks.md).
     return ARTICLES.of(request)
-
-
-Articles = Annotated[ArticleService, Depends(get_article_service)]
 
 
 def actor_of(principal: CurrentPrincipal) -> Actor:
@@ -65,14 +64,14 @@ def _send(article: RenderedArticle, status: int = HTTPStatus.OK) -> Response:
     summary="List articles (keyset pages)",
 )
 async def list_articles(
-    articles: Articles,
+    request: Request,
     reader: CurrentTenantReader,
     filters: Annotated[ArticleFilters, Query()],
     cursor: CursorParam = None,
     limit: PageSize = DEFAULT_PAGE_SIZE,
 ) -> Response:
     # Rendered once (or cached rendered): returned as a model, FastAPI would validate it again.
-    body = await articles.list_page(reader, filters, cursor, limit)
+    body = await articles_of(request).list_page(reader, filters, cursor, limit)
     return Response(body, media_type=JSON_MEDIA_TYPE)
 
 
@@ -86,12 +85,11 @@ async def list_articles(
 )
 async def create_article(
     data: ArticleCreate,
-    articles: Articles,
+    request: Request,
     scope: CurrentTenantScope,
     principal: CurrentPrincipal,
-    request: Request,
 ) -> Response:
-    article = await articles.create(scope, actor_of(principal), data)
+    article = await articles_of(request).create(scope, actor_of(principal), data)
     response = _send(article, HTTPStatus.CREATED)
     response.headers["Location"] = f"{request.url.path}/{article.slug}"
     return response
@@ -108,11 +106,11 @@ async def create_article(
 )
 async def get_article(
     slug: SlugParam,
-    articles: Articles,
+    request: Request,
     reader: CurrentTenantReader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    article = await articles.get(reader, slug)
+    article = await articles_of(request).get(reader, slug)
     if etag_matches(if_none_match, article.etag):
         return Response(status_code=HTTPStatus.NOT_MODIFIED, headers={"ETag": article.etag})
     return _send(article)
@@ -128,12 +126,14 @@ async def get_article(
 async def patch_article(
     slug: SlugParam,
     patch: ArticlePatch,
-    articles: Articles,
+    request: Request,
     scope: CurrentTenantScope,
     principal: CurrentPrincipal,
     if_match: IfMatch = None,
 ) -> Response:
-    return _send(await articles.update(scope, actor_of(principal), slug, patch, if_match))
+    return _send(
+        await articles_of(request).update(scope, actor_of(principal), slug, patch, if_match)
+    )
 
 
 @router.delete(
@@ -146,10 +146,10 @@ async def patch_article(
 )
 async def delete_article(
     slug: SlugParam,
-    articles: Articles,
+    request: Request,
     scope: CurrentTenantScope,
     principal: CurrentPrincipal,
     if_match: IfMatch = None,
 ) -> Response:
-    await articles.delete(scope, actor_of(principal), slug, if_match)
+    await articles_of(request).delete(scope, actor_of(principal), slug, if_match)
     return Response(status_code=HTTPStatus.NO_CONTENT)

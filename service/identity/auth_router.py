@@ -188,7 +188,13 @@ async def logout_all(
     return _logout_response(await auth.logout_all(session, principal))
 
 
-@router.get("/me", response_model=UserOut, summary="The authenticated user", dependencies=[NoStore])
+@router.get(
+    "/me",
+    response_model=UserOut,
+    summary="The authenticated user",
+    dependencies=[NoStore],
+    responses=error_responses(*AUTHENTICATED_ERRORS, *DATABASE_ERRORS),
+)
 async def me(principal: CurrentPrincipal, auth: AuthServiceDep, session: DbSession) -> UserOut:
     return UserOut.model_validate(await auth.me(session, principal))
 

@@ -317,6 +317,9 @@ class BodySizeLimitMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await self._reject(scope, send, declared)
             return
+        if declared is None and _has_no_body(scope):
+            await self.app(scope, receive, send)  # nothing to count: no wrappers to pay for
+            return
         await self._call_counting(scope, receive, send)
 
     async def _reject(self, scope: Scope, send: Send, declared: bytes) -> None:
@@ -361,6 +364,14 @@ class BodySizeLimitMiddleware:
         except Exception as exc:
             if not (rejected and _caused_by_body_limit(exc)):
                 raise
+
+
+def _has_no_body(scope: Scope) -> bool:
+    """An HTTP/1.x request with neither Content-Length nor Transfer-Encoding has no body
+    (RFC 9112, 6.3); under HTTP/2 a body needs neither, so it is always counted."""
+    if scope.get("http_version") not in ("1.0", "1.1"):
+        return False
+    return _header(scope, b"transfer-encoding") is None
 
 
 def _caused_by_body_limit(exc: BaseException) -> bool:

@@ -211,6 +211,38 @@ async def test_hsts_only_in_production_behind_https(
     assert (b"strict-transport-security" in headers) is has_hsts
 
 
+async def _read_all(scope: dict, receive: Callable, send: Callable) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    await _ok_app(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    ("http_version", "headers"),
+    [("2", []), ("1.1", [(b"transfer-encoding", b"chunked")])],
+    ids=["http2-without-length", "http1-chunked"],
+)
+async def test_a_body_without_content_length_is_still_counted(
+    http_version: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Only an HTTP/1.x request with neither length nor chunking skips the counting."""
+    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 2
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return chunks.pop() if chunks else {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    app = BodySizeLimitMiddleware(_read_all, max_body_bytes=1000)
+    scope = {"type": "http", "http_version": http_version, "method": "POST", "path": "/",
+             "headers": headers}  # fmt: skip
+    await app(scope, receive, send)
+
+    assert sent[0]["status"] == 413
+
+
 async def test_cors_answers_configured_origins_only(
     probe_app: Callable[..., FastAPI], migrated_sqlite: str, client_for: ClientFactory
 ) -> None:

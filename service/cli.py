@@ -83,7 +83,8 @@ def uvicorn_options(
     return {
         "host": host or http.host,
         "port": port or http.port,
-        "loop": "uvloop",
+        # uvloop, accepting every waiting connection per turn (service/core/eventloop.py).
+        "loop": "service.core.eventloop:BerthLoop",
         # httptools, with the error envelope and header limits (service/core/protocol.py).
         "http": BerthHttpProtocol,
         "access_log": False,  # we write our own access log line

@@ -1,0 +1,169 @@
+"""berth's event loop: uvloop, with every waiting connection accepted in one turn.
+
+Each test runs its own loop (a `BerthLoop`, or plain uvloop for comparison) on real loopback
+sockets; the clients connect with blocking sockets before the server's loop takes its next
+turn, so they all wait in the kernel's accept queue together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvicorn
+import uvloop
+
+from service.cli import uvicorn_options
+from service.core.config import Settings
+from service.core.eventloop import BatchAcceptServer, BerthLoop
+
+WAITING_CLIENTS = 20
+
+
+class TurnCounter:
+    """Counts the turns of the loop it runs on (a callback that reschedules itself)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.turn = 0
+        self._loop = loop
+        self._handle = loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.turn += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+class Recorder(asyncio.Protocol):
+    """Records the turn in which each connection was made, and its transport."""
+
+    made: list[tuple[int, asyncio.Transport]]
+    counter: TurnCounter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made.append((self.counter.turn, transport))  # type: ignore[arg-type]
+
+
+def run_on(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    scenario: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, Any]],
+) -> Any:
+    loop = loop_factory()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(scenario(loop), timeout=10))
+    finally:
+        loop.close()
+
+
+def turns_to_accept_waiting_clients(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
+    """How many turns of the loop it took to make a connection for each waiting client."""
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> int:
+        made: list[tuple[int, asyncio.Transport]] = []
+        counter = TurnCounter(loop)
+        protocol = type("Recording", (Recorder,), {"made": made, "counter": counter})
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(WAITING_CLIENTS)]
+        start = counter.turn
+        while len(made) < WAITING_CLIENTS:
+            await asyncio.sleep(0)
+        turns = max(turn for turn, _ in made) - start
+        counter.stop()
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+        return turns
+
+    result: int = run_on(loop_factory, scenario)
+    return result
+
+
+def test_every_waiting_connection_is_accepted_within_a_few_turns() -> None:
+    assert turns_to_accept_waiting_clients(BerthLoop) <= 3
+
+
+def test_plain_uvloop_takes_a_turn_per_waiting_connection() -> None:
+    """Why BerthLoop exists. When this fails, libuv accepts in batches again and
+    `service/core/eventloop.py` can go."""
+    assert turns_to_accept_waiting_clients(uvloop.new_event_loop) >= WAITING_CLIENTS - 1
+
+
+def test_an_accepted_connection_serves_both_ways_without_nagle() -> None:
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            sock = transport.get_extra_info("socket")
+            nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            self.transport.write(b"nodelay=%d;" % nodelay)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> bytes:
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        answer = await reader.readexactly(len(b"nodelay=1;ping"))
+        writer.close()
+        server.close()
+        return answer
+
+    assert run_on(BerthLoop, scenario) == b"nodelay=1;ping"
+
+
+def test_a_closed_server_accepts_no_more() -> None:
+    async def scenario(loop: asyncio.AbstractEventLoop) -> bool:
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            return server.is_serving()
+        raise AssertionError("a closed server still accepted a connection")
+
+    assert run_on(BerthLoop, scenario) is False
+
+
+def test_a_given_listening_socket_is_served_as_is() -> None:
+    """`serve` with several workers hands each one the parent's bound socket."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> bool:
+        server = await loop.create_server(asyncio.Protocol, sock=listener, backlog=16)
+        try:
+            socket.create_connection(listener.getsockname(), timeout=2).close()
+            return isinstance(server, BatchAcceptServer) and server.sockets == (listener,)
+        finally:
+            server.close()
+
+    assert run_on(BerthLoop, scenario) is True
+
+
+def test_a_port_already_taken_is_an_error_at_start() -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+
+    async def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        await loop.create_server(asyncio.Protocol, "127.0.0.1", port)
+
+    with pytest.raises(OSError):
+        run_on(BerthLoop, scenario)
+    taken.close()
+
+
+def test_serve_runs_berths_loop() -> None:
+    options = uvicorn_options(Settings())
+    config = uvicorn.Config(app=None, loop=options["loop"])
+
+    assert config.get_loop_factory() is BerthLoop

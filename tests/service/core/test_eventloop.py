@@ -44,9 +44,12 @@ class Recorder(asyncio.Protocol):
 
     made: list[tuple[int, asyncio.Transport]]
     counter: TurnCounter
+    all_made: asyncio.Event
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.made.append((self.counter.turn, transport))  # type: ignore[arg-type]
+        if len(self.made) == WAITING_CLIENTS:
+            self.all_made.set()
 
 
 def run_on(
@@ -66,13 +69,14 @@ def turns_to_accept_waiting_clients(loop_factory: Callable[[], asyncio.AbstractE
     async def scenario(loop: asyncio.AbstractEventLoop) -> int:
         made: list[tuple[int, asyncio.Transport]] = []
         counter = TurnCounter(loop)
-        protocol = type("Recording", (Recorder,), {"made": made, "counter": counter})
+        all_made = asyncio.Event()
+        attributes = {"made": made, "counter": counter, "all_made": all_made}
+        protocol = type("Recording", (Recorder,), attributes)
         server = await loop.create_server(protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(WAITING_CLIENTS)]
         start = counter.turn
-        while len(made) < WAITING_CLIENTS:
-            await asyncio.sleep(0)
+        await all_made.wait()
         turns = max(turn for turn, _ in made) - start
         counter.stop()
         for client in clients:

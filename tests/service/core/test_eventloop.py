@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -171,3 +172,55 @@ def test_serve_runs_berths_loop() -> None:
     config = uvicorn.Config(app=None, loop=options["loop"])
 
     assert config.get_loop_factory() is BerthLoop
+
+
+OUT_OF_DESCRIPTORS_SERVER = """
+import asyncio, os, resource, sys
+from service.core.eventloop import BerthLoop
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.write(b"ok")
+        transport.close()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    hoarded = []
+    try:
+        while True:
+            hoarded.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        print("full", flush=True)
+    await asyncio.sleep(0.5)  # the client connects meanwhile; accepting it fails: EMFILE
+    for fd in hoarded:
+        os.close(fd)
+    await asyncio.sleep(2)  # accepting resumes ACCEPT_PAUSE_SECONDS (1 s) after the failure
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+loop = BerthLoop()
+loop.run_until_complete(main())
+"""
+
+
+async def test_out_of_file_descriptors_pauses_accepting_then_serves_the_waiting_client() -> None:
+    """A real EMFILE (a server process that used up its descriptors): the connection waits in
+    the kernel's queue, accepting pauses instead of spinning, and resumes once fds are free."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OUT_OF_DESCRIPTORS_SERVER,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert server.stdout is not None
+    port = int(await asyncio.wait_for(server.stdout.readline(), timeout=10))
+    assert (await asyncio.wait_for(server.stdout.readline(), timeout=10)).strip() == b"full"
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    output = await asyncio.wait_for(server.stdout.read(), timeout=10)
+    await server.wait()
+
+    assert answer == b"ok"
+    assert b"accept_paused" in output

@@ -38,6 +38,9 @@ HEADERS_TOO_LARGE = "Request headers too large"
 # answer) before the client has read it; then the connection is closed.
 LINGER_SECONDS = 1.0
 _HEAD_END = b"\r\n\r\n"
+# Beyond this many held bytes a write goes out at once, so that the transport's flow control
+# (pause_writing when its buffer is full) still sees a large or fast stream while it is made.
+HELD_WRITE_LIMIT = 65_536
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,15 @@ class HeldWrites(asyncio.Transport):
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._held:
             self._loop.call_soon(self.flush)
         self._held.append(bytes(data))
+        self._held_bytes += len(data)
+        if self._held_bytes >= HELD_WRITE_LIMIT:
+            self.flush()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -82,6 +89,7 @@ class HeldWrites(asyncio.Transport):
             return
         data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         self._held.clear()
+        self._held_bytes = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -95,6 +103,7 @@ class HeldWrites(asyncio.Transport):
 
     def abort(self) -> None:
         self._held.clear()
+        self._held_bytes = 0
         self._transport.abort()
 
     def can_write_eof(self) -> bool:

@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from service.core.protocol import BerthHttpProtocol, HeldWrites
+from service.core.protocol import HELD_WRITE_LIMIT, BerthHttpProtocol, HeldWrites
 from tests.conftest import ServeFactory
 from tests.support import eventually
 
@@ -235,6 +235,18 @@ async def test_a_write_is_not_held_past_its_turn(connection: HeldConnection) -> 
 
     assert await connection.read_exactly(6) == b"second"
     assert connection.sent == [b"first", b"second"]
+
+
+async def test_a_large_stream_is_not_held_until_the_end_of_the_turn(
+    connection: HeldConnection,
+) -> None:
+    """Beyond the limit the write goes out at once: the transport's flow control must see it."""
+    chunk = b"x" * (HELD_WRITE_LIMIT // 2)
+    for _ in range(3):
+        connection.held.write(chunk)
+
+    assert connection.sent == [chunk * 2]  # before this turn ended
+    assert await connection.read_exactly(len(chunk) * 3) == chunk * 3
 
 
 async def test_closing_sends_what_is_held_first(connection: HeldConnection) -> None:

@@ -27,10 +27,11 @@ from service.core.errors import (
 )
 from service.core.http import JSON_MEDIA_TYPE
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
+from service.core.routing import LeanRoute
 from service.identity.dependencies import AUTHENTICATED_ERRORS, CurrentPrincipal, WriteRateLimit
 from service.tenants.dependencies import TENANT_ERRORS, CurrentTenantReader, CurrentTenantScope
 
-router = APIRouter(prefix="/articles", tags=["articles"])
+router = APIRouter(prefix="/articles", tags=["articles"], route_class=LeanRoute)
 # On the routes with a body only: a router-wide guard is one more dependency every GET pays.
 WRITE_GUARDS = [RequireJson, WriteRateLimit]
 # Every route needs the principal and the tenant; 403 is also a member editing another's.

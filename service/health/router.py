@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from service.core.routing import LeanRoute
 from service.health.schemas import LiveResponse, ReadyResponse
 from service.health.service import READINESS, ReadinessProbe
 
-router = APIRouter(prefix="/health", tags=["health"])
+router = APIRouter(prefix="/health", tags=["health"], route_class=LeanRoute)
 LIVE_RESPONSE = LiveResponse()
 
 

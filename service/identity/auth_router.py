@@ -23,6 +23,7 @@ from service.core.errors import (
     RateLimited,
     error_responses,
 )
+from service.core.routing import LeanRoute
 from service.db.dependencies import DbSession
 from service.db.errors import DATABASE_ERRORS
 from service.identity.auth_service import AuthService, LogoutOutcome, TokenPair
@@ -41,7 +42,7 @@ from service.identity.schemas import (
 from service.identity.users_router import user_location
 from service.identity.wiring import IDENTITY
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=LeanRoute)
 PasswordForm = Annotated[TokenForm, Form()]
 
 

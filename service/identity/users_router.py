@@ -17,6 +17,7 @@ from service.core.errors import (
 )
 from service.core.http import API_PREFIX
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
+from service.core.routing import LeanRoute
 from service.core.tenancy import TenantSlug
 from service.db.dependencies import DbSession
 from service.db.errors import DATABASE_ERRORS
@@ -29,7 +30,7 @@ from service.identity.users_service import UserService
 from service.identity.wiring import IDENTITY
 
 PREFIX = "/users"
-router = APIRouter(prefix=PREFIX, tags=["users"])
+router = APIRouter(prefix=PREFIX, tags=["users"], route_class=LeanRoute)
 
 
 def user_location(user_id: uuid.UUID) -> str:

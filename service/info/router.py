@@ -3,12 +3,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.core.config import Settings
+from service.core.routing import LeanRoute
 from service.info.schemas import InfoResponse
 
 
 def build_router(settings: Settings) -> APIRouter:
     """The info route, answering from values fixed at start-up (no I/O, no dependency)."""
-    router = APIRouter(tags=["info"])
+    router = APIRouter(tags=["info"], route_class=LeanRoute)
     response = InfoResponse(
         name=settings.service_name,
         version=settings.version,

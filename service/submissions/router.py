@@ -22,6 +22,7 @@ from service.core.errors import (
 from service.core.http import JSON_MEDIA_TYPE, is_json_media_type
 from service.core.logging import SUBMISSION_ID
 from service.core.pagination import DEFAULT_PAGE_SIZE, CursorParam, PageSize
+from service.core.routing import LeanRoute
 from service.identity.dependencies import AUTHENTICATED_ERRORS, CurrentPrincipal, WriteRateLimit
 from service.submissions.metrics import ContentKind
 from service.submissions.models import SUBMISSION_MODELS
@@ -40,7 +41,7 @@ from service.submissions.wiring import SUBMISSIONS
 from service.tenants.dependencies import TENANT_ERRORS, CurrentTenant
 from service.tenants.wiring import TENANCY
 
-router = APIRouter(prefix="/submissions", tags=["submissions"])
+router = APIRouter(prefix="/submissions", tags=["submissions"], route_class=LeanRoute)
 XML_MEDIA_TYPES = frozenset({"application/xml", "text/xml"})
 READ_ERRORS = (*AUTHENTICATED_ERRORS, *TENANT_ERRORS, *INPUT_ERRORS)
 WRITE_ERRORS = (*READ_ERRORS, *JSON_BODY_ERRORS, *RATE_LIMITED_ERRORS)

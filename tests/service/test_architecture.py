@@ -15,7 +15,12 @@ from pathlib import Path
 
 import grimp
 import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
 
+from service.core.config import Settings
+from service.core.http import API_PREFIX
+from service.core.routing import LeanRoute
+from service.main import create_app
 from tests.support import REPOSITORY
 
 CONTRACTS = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["importlinter"][
@@ -69,3 +74,20 @@ def test_the_graph_sees_function_level_and_type_checking_imports(tmp_path: Path)
 
     assert graph.direct_import_exists(importer="probe_pkg.a", imported="probe_pkg.b")
     assert graph.direct_import_exists(importer="probe_pkg.b", imported="probe_pkg.a")
+
+
+def test_every_api_route_is_a_lean_route() -> None:
+    """Feature routers are made with `route_class=LeanRoute`: plain graphs are solved without
+    FastAPI's generic solver, the others fall back to it."""
+    app = create_app(Settings())
+    routes = [
+        context.original_route
+        for context in iter_route_contexts(app.routes)
+        if isinstance(getattr(context, "original_route", None), APIRoute)
+        and context.path.startswith(API_PREFIX)
+    ]
+
+    assert routes
+    assert all(isinstance(route, LeanRoute) for route in routes), [
+        route.path for route in routes if not isinstance(route, LeanRoute)
+    ]

@@ -339,3 +339,18 @@ async def test_the_read_connection_of_a_tenant_refuses_a_write(world_for: WorldF
         await reader.close()
 
     assert await slugs_in(w.acme) == ["a-secret"]
+
+
+def test_the_article_reads_skip_fastapis_generic_solver() -> None:
+    """Both GETs have plain graphs (service/core/routing.py): a change that makes one of
+    them not plain (a generator dependency, a Response parameter) puts it back on FastAPI's
+    solver, ~50 µs a request (docs/benchmarks.md)."""
+    lean = {
+        (method, route.path): getattr(route.original_route, "is_lean", False)
+        for route in iter_route_contexts(create_app(Settings()).routes)
+        if route.path is not None and route.path.startswith(ARTICLES)
+        for method in route.methods or ()
+    }
+
+    assert lean[("GET", ARTICLES)]
+    assert lean[("GET", f"{ARTICLES}/{{slug}}")]

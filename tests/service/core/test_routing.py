@@ -1,0 +1,168 @@
+"""LeanRoute answers exactly as FastAPI's APIRoute does, for every outcome of a plain graph.
+
+The same endpoints are mounted twice in one app, once per route class, and every request is
+sent to both: status, headers that matter and body must be equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+from service.core.routing import LeanRoute
+
+
+async def principal(request: Request) -> str:
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        raise HTTPException(401, "Authentication required", headers={"WWW-Authenticate": "x"})
+    return authorization
+
+
+async def counted(request: Request) -> int:
+    request.state.calls = getattr(request.state, "calls", 0) + 1
+    return int(request.state.calls)
+
+
+async def tenant(x_tenant: Annotated[str, Header(min_length=2)]) -> str:
+    return x_tenant
+
+
+async def reader(
+    who: Annotated[str, Depends(principal)],
+    calls: Annotated[int, Depends(counted)],
+    tenant_slug: Annotated[str, Depends(tenant)],
+) -> dict[str, Any]:
+    return {"who": who, "tenant": tenant_slug, "calls_seen": calls}
+
+
+async def item(
+    slug: Annotated[str, Path(pattern="^[a-z]+$")],
+    request: Request,
+    read: Annotated[dict[str, Any], Depends(reader)],
+    calls: Annotated[int, Depends(counted)],
+    limit: Annotated[int, Query(ge=1)] = 5,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    body = {**read, "slug": slug, "limit": limit, "etag": if_none_match, "calls": calls,
+            "path": request.url.path}  # fmt: skip
+    return JSONResponse(body, headers={"ETag": '"1"'})
+
+
+async def held() -> AsyncIterator[str]:
+    yield "held"
+
+
+async def with_generator(value: Annotated[str, Depends(held)]) -> Response:
+    return Response(value)
+
+
+def probe_app() -> FastAPI:
+    app = FastAPI()
+    for prefix, route_class in (("/fastapi", APIRoute), ("/lean", LeanRoute)):
+        router = APIRouter(prefix=prefix, route_class=route_class)
+        router.add_api_route("/items/{slug}", item, methods=["GET"])
+        router.add_api_route("/held", with_generator, methods=["GET"])
+        app.include_router(router)
+    return app
+
+
+@pytest.fixture
+async def both() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = probe_app()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        yield app, client
+
+
+GOOD = {"Authorization": "Bearer t", "X-Tenant": "acme"}
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/items/abc", GOOD),
+        ("/items/abc?limit=7", {**GOOD, "If-None-Match": '"0"'}),
+        ("/items/ABC", GOOD),  # the path parameter fails
+        ("/items/abc", {"Authorization": "Bearer t"}),  # a dependency's header is missing
+        ("/items/abc", {**GOOD, "X-Tenant": "a"}),  # ... or too short
+        ("/items/ABC?limit=0", {"Authorization": "Bearer t"}),  # several at once, in order
+        ("/items/ABC?limit=0", {"X-Tenant": "acme"}),  # a dependency raises first: 401
+        ("/items/abc?limit=x", GOOD),
+    ],
+    ids=[
+        "ok",
+        "query-and-header",
+        "bad-path",
+        "missing-header",
+        "short-header",
+        "many-errors",
+        "unauthenticated",
+        "bad-query",
+    ],
+)
+async def test_a_lean_route_answers_as_fastapi_does(
+    both: tuple[FastAPI, httpx.AsyncClient], target: str, headers: dict[str, str]
+) -> None:
+    _, client = both
+
+    expected = await client.get(f"/fastapi{target}", headers=headers)
+    lean = await client.get(f"/lean{target}", headers=headers)
+
+    assert lean.status_code == expected.status_code
+    assert lean.json() == {**expected.json(), **_path_of(expected, "/lean")}
+    for name in ("etag", "www-authenticate", "content-type"):
+        assert lean.headers.get(name) == expected.headers.get(name)
+
+
+def _path_of(response: httpx.Response, prefix: str) -> dict[str, str]:
+    body = response.json()
+    return {"path": body["path"].replace("/fastapi", prefix)} if "path" in body else {}
+
+
+async def test_a_dependency_named_twice_is_called_once(
+    both: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = both
+
+    body = (await client.get("/lean/items/abc", headers=GOOD)).json()
+
+    assert (body["calls"], body["calls_seen"]) == (1, 1)
+
+
+def test_only_plain_graphs_are_solved_lean() -> None:
+    router = APIRouter(route_class=LeanRoute)
+    router.add_api_route("/items/{slug}", item, methods=["GET"])
+    router.add_api_route("/held", with_generator, methods=["GET"])  # a generator dependency
+
+    lean = {route.path: route.is_lean for route in router.routes if isinstance(route, LeanRoute)}
+
+    assert lean == {"/items/{slug}": True, "/held": False}
+
+
+async def test_a_route_that_is_not_plain_is_served_by_fastapi(
+    both: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = both
+
+    response = await client.get("/lean/held")
+
+    assert (response.status_code, response.text) == (200, "held")
+
+
+async def test_dependency_overrides_are_honoured(both: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = both
+
+    async def someone_else(request: Request) -> str:
+        return "overridden"
+
+    app.dependency_overrides[principal] = someone_else
+    body = (await client.get("/lean/items/abc", headers={"X-Tenant": "acme"})).json()
+
+    assert body["who"] == "overridden"

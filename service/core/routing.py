@@ -13,7 +13,7 @@ when every node is plain:
 - an `async def` (or an object with an async `__call__`), not a generator;
 - parameters from the path, query, headers, cookies and the `Request`, no body, no
   `Response`, `BackgroundTasks`, `SecurityScopes` or WebSocket parameter, no OAuth scopes,
-  no concurrency limit;
+  no concurrency limit, no `scope=` and the dependency cache on;
 - and the endpoint returns a `Response` (it is sent as is, as FastAPI sends one).
 
 Sub-dependencies are solved in declaration order before a node's own parameters; a node
@@ -112,6 +112,8 @@ def plain_node(dependant: Dependant) -> Node | None:
         or dependant.parent_oauth_scopes
         or dependant.concurrency is not None
         or not dependant.use_cache
+        # `scope=` is part of a dependency's cache key (the endpoint's own is "function").
+        or any(sub.scope is not None for sub in dependant.dependencies)
     ):
         return None
     subs = [plain_node(sub) for sub in dependant.dependencies]

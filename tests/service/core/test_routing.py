@@ -63,6 +63,14 @@ async def with_generator(value: Annotated[str, Depends(held)]) -> Response:
     return Response(value)
 
 
+async def with_scoped(value: Annotated[int, Depends(counted, scope="function")]) -> Response:
+    return Response(str(value))
+
+
+async def uncached(value: Annotated[int, Depends(counted, use_cache=False)]) -> Response:
+    return Response(str(value))
+
+
 def probe_app() -> FastAPI:
     app = FastAPI()
     for prefix, route_class in (("/fastapi", APIRoute), ("/lean", LeanRoute)):
@@ -140,10 +148,12 @@ def test_only_plain_graphs_are_solved_lean() -> None:
     router = APIRouter(route_class=LeanRoute)
     router.add_api_route("/items/{slug}", item, methods=["GET"])
     router.add_api_route("/held", with_generator, methods=["GET"])  # a generator dependency
+    router.add_api_route("/scoped", with_scoped, methods=["GET"])
+    router.add_api_route("/uncached", uncached, methods=["GET"])
 
     lean = {route.path: route.is_lean for route in router.routes if isinstance(route, LeanRoute)}
 
-    assert lean == {"/items/{slug}": True, "/held": False}
+    assert lean == {"/items/{slug}": True, "/held": False, "/scoped": False, "/uncached": False}
 
 
 async def test_a_route_that_is_not_plain_is_served_by_fastapi(

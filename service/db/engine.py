@@ -116,6 +116,54 @@ def ping_after_idle(engine: AsyncEngine, idle_seconds: float) -> None:
     event.listen(pool, "checkout", ping)
 
 
+_ANSWER_TYPES = (str, int, float, bool, tuple, type(None))
+
+
+class ServerDialects:
+    """What a PostgreSQL dialect learns on its engine's first connection, asked once per
+    server and handed to every later engine on it.
+
+    SQLAlchemy's `Dialect.initialize` asks a new engine's first connection for the server
+    version, default schema, default isolation level and string escaping: six round trips
+    (BEGIN, four queries, ROLLBACK) to a backend that has just started, ~2.2 ms here against
+    ~3 ms for the connection itself. A tenant engine is made whenever an evicted tenant comes
+    back, so with more active tenants than `engine_cache_size` every tenant switch paid them
+    (docs/benchmarks.md, target r). Tenant databases on one server are provisioned alike by
+    berth (no per-database or per-role settings), so the first engine's answers hold for all
+    of them; a server is its URL without database and credentials.
+    """
+
+    def __init__(self) -> None:
+        self._learnt: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def share(self, engine: AsyncEngine) -> None:
+        """Let `engine` learn its server's dialect state, or adopt what an engine before it
+        learnt; engines on other backends are left alone."""
+        sync_engine = engine.sync_engine
+        if sync_engine.dialect.name != "postgresql":
+            return
+        url = sync_engine.url
+        key = (url.drivername, url.host, url.port, tuple(sorted(url.query.items())))
+        dialect = sync_engine.dialect
+        learnt = self._learnt.get(key)
+        if learnt is not None:
+            dialect.initialize = lambda connection: vars(dialect).update(learnt)  # type: ignore[method-assign]
+            return
+        initialize = dialect.initialize
+
+        def initialize_and_learn(connection: Any) -> None:
+            before = dict(vars(dialect))
+            initialize(connection)
+            self._learnt[key] = {
+                name: value
+                for name, value in vars(dialect).items()
+                if isinstance(value, _ANSWER_TYPES)  # not the memo caches it builds as it goes
+                and (name not in before or before[name] is not value)
+            }
+
+        dialect.initialize = initialize_and_learn  # type: ignore[method-assign]
+
+
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

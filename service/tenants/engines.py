@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ from service.db.engine import (
     ReadConnection,
     ReadRow,
     ReadStatement,
+    ServerDialects,
     SessionFactories,
     create_engine,
     create_session_factories,
@@ -88,6 +89,12 @@ class _Slot:
     disposed: bool = False
 
 
+@dataclass(eq=False)
+class _RoomWaiter:
+    slug: str
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class TenantEngines:
     """The bounded engine cache (in the app: `Tenancy.engines`)."""
 
@@ -105,14 +112,14 @@ class TenantEngines:
         self._cached: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
         self._retiring: set[_Slot] = set()
         self._disposals: set[asyncio.Task[None]] = set()
-        self._waiters: list[asyncio.Future[None]] = []
-        # Acquirers waiting because every slot is taken: each may have one engine on its way
-        # out for it (`_make_room`).
-        self._wanting_room = 0
+        # Acquirers of a new engine waiting for room, first come first served; each may have
+        # one engine on its way out for it (`_make_room`).
+        self._room_queue: deque[_RoomWaiter] = deque()
         self._checked_out = 0
         self._checkouts = 0
         self._closed = False
         self._metrics = metrics
+        self._dialects = ServerDialects()
         self._observe()
 
     # -- observation -------------------------------------------------------------------
@@ -223,72 +230,88 @@ class TenantEngines:
             self._release(lease.slot)
 
     async def _acquire(self, entry: TenantEntry) -> _Slot:
+        """Lease the tenant's engine: the cached one at once, a new one if there is room and
+        nobody queues for it, else a place in the queue for room."""
+        if self._closed:
+            raise RuntimeError("tenant engines are closed")
         url = entry.database_url.get_secret_value()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.engine_wait_seconds
-        while True:
-            if self._closed:
-                raise RuntimeError("tenant engines are closed")
-            slot = self._try_acquire(entry.slug, url)
-            if slot is not None:
-                return slot
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                log.warning("tenant_engines_busy", tenant=entry.slug, engines=self.open_engines)
-                raise TenantsBusy()
-            self._wanting_room += 1
-            try:
-                await self._wait(loop, remaining)
-            finally:
-                self._wanting_room -= 1
+        slot = self._lease_cached(entry.slug, url)
+        if slot is None and not self._room_queue:
+            slot = self._lease_new(entry.slug, url)
+        if slot is not None:
+            return slot
+        return await self._queue_for_room(entry.slug, url)
 
-    def _try_acquire(self, slug: str, url: str) -> _Slot | None:
-        """Lease the tenant's engine, opening one if there is room; None means wait."""
+    def _lease_cached(self, slug: str, url: str) -> _Slot | None:
         slot = self._cached.get(slug)
-        if slot is not None and slot.url != url:
-            self._retire(slot, "registry")  # the entry changed (e.g. a rotated password)
-            slot = None
         if slot is None:
-            if self.open_engines >= self.settings.engine_cache_size:
-                self._make_room()
-                return None
-            slot = self._open(slug, url)
+            return None
+        if slot.url != url:
+            self._retire(slot, "registry")  # the entry changed (e.g. a rotated password)
+            return None
+        return self._lease(slot)
+
+    def _lease_new(self, slug: str, url: str) -> _Slot | None:
+        if self.open_engines >= self.settings.engine_cache_size:
+            return None
+        return self._lease(self._open(slug, url))
+
+    def _lease(self, slot: _Slot) -> _Slot:
         slot.leases += 1
-        self._cached.move_to_end(slug)
+        self._cached.move_to_end(slot.slug)
         return slot
 
+    async def _queue_for_room(self, slug: str, url: str) -> _Slot:
+        """Wait for room first come first served; a tenant that another waiter's engine
+        brought into the cache meanwhile is served as soon as it is there.
+
+        A newcomer never takes room that came free while others queue: when every waiter
+        was woken to race for it, newcomers won often enough that early waiters starved past
+        the client's timeout under a rotation of tenants (docs/benchmarks.md, target r).
+        """
+        waiter = _RoomWaiter(slug)
+        self._room_queue.append(waiter)
+        self._make_room()
+        try:
+            async with asyncio.timeout(self.settings.engine_wait_seconds):
+                while True:
+                    await waiter.woken.wait()
+                    waiter.woken.clear()
+                    if self._closed:
+                        raise RuntimeError("tenant engines are closed")
+                    slot = self._lease_cached(slug, url)
+                    if slot is None and self._room_queue[0] is waiter:
+                        slot = self._lease_new(slug, url)
+                    if slot is not None:
+                        return slot
+                    self._make_room()
+        except TimeoutError:
+            log.warning("tenant_engines_busy", tenant=slug, engines=self.open_engines)
+            raise TenantsBusy() from None
+        finally:
+            self._room_queue.remove(waiter)
+            self._wake()  # the next in line may have room now
+
     def _make_room(self) -> None:
-        """Retire the least recently used idle engine, unless every acquirer already waiting
-        for room has one on its way out (retiring more would over-evict).
+        """Retire the least recently used idle engine, unless every waiter already has one
+        on its way out for it (retiring more would over-evict).
 
         One retirement per waiter, not one at a time: with many tenants in rotation each new
         engine waited for the previous disposal, and turnover was serial (docs/benchmarks.md).
         """
         leaving = sum(1 for slot in self._retiring if slot.retired_for == "capacity")
-        if leaving > self._wanting_room:
+        if leaving >= len(self._room_queue):
             return
         for slot in self._cached.values():
             if slot.leases == 0:
                 self._retire(slot, "capacity")
                 return
 
-    async def _wait(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(seconds):  # wait_for would make a task per wait
-                await waiter
-        except TimeoutError:
-            return
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        """Wake the head of the queue, and every waiter whose tenant is cached by now."""
+        for position, waiter in enumerate(self._room_queue):
+            if position == 0 or waiter.slug in self._cached:
+                waiter.woken.set()
 
     def _release(self, slot: _Slot) -> None:
         # Synchronous on purpose: it runs in `finally` blocks, also of cancelled requests.
@@ -302,6 +325,7 @@ class TenantEngines:
 
     def _open(self, slug: str, url: str) -> _Slot:
         engine = create_tenant_engine(url, self._database, self.settings)
+        self._dialects.share(engine)
         pool = engine.sync_engine.pool
         event.listen(pool, "checkout", self._on_checkout)
         event.listen(pool, "checkin", self._on_checkin)
@@ -382,7 +406,8 @@ class TenantEngines:
         """Dispose every engine (shutdown: requests have drained; any straggler's connection
         is closed when it is checked back in)."""
         self._closed = True
-        self._wake()
+        for waiter in self._room_queue:
+            waiter.woken.set()
         slots = [*self._cached.values(), *self._retiring]
         self._cached.clear()
         await self.wait_disposed()

@@ -546,3 +546,58 @@ async def test_several_tenants_waiting_for_room_each_get_an_engine_retired_at_on
         assert sorted(engines.cached_slugs()) == ["delta", "gamma"]
     finally:
         await engines.close()
+
+
+async def test_a_tenant_arriving_as_room_frees_up_queues_behind_the_tenants_already_waiting(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """Cache size 1: beta waits for acme's engine; acme's holder leaves and a request for
+    gamma comes in the same turn. beta, which waited first, gets the room first (newcomers
+    that jumped the queue left early waiters to time out under a rotation of tenants)."""
+    acme, beta, gamma = sqlite_tenants("acme", "beta", "gamma", register=False)
+    engines = engines_with(engine_cache_size=1)
+    served: list[str] = []
+
+    async def use(entry: TenantEntry) -> None:
+        async with tenant_session(engines, entry) as session:
+            served.append(entry.slug)
+            await session.execute(text("SELECT 1"))
+
+    try:
+        async with engines.lease(acme):
+            queued = await started(use(beta))
+        await asyncio.wait_for(use(gamma), timeout=5)
+        await asyncio.wait_for(queued, timeout=5)
+    finally:
+        await engines.close()
+
+    assert served == ["beta", "gamma"]
+
+
+async def test_tenants_waiting_for_room_get_engines_in_arrival_order(
+    sqlite_tenants: SqliteTenants,
+) -> None:
+    """Cache size 2, both engines leased; six more tenants queue. They get engines in the
+    order they asked, and a tenant already cached is served without queueing."""
+    acme, beta, *queued_tenants = sqlite_tenants(*(f"tenant-{n}" for n in range(8)), register=False)
+    engines = engines_with(engine_cache_size=2)
+    served: list[str] = []
+
+    async def use(entry: TenantEntry) -> None:
+        async with tenant_session(engines, entry) as session:
+            served.append(entry.slug)
+            await session.execute(text("SELECT 1"))
+            await asyncio.sleep(0.01)
+
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(engines.lease(acme))
+            await held.enter_async_context(engines.lease(beta))
+            waiters = [await started(use(entry)) for entry in queued_tenants]
+            await asyncio.wait_for(use(acme), timeout=5)  # cached: no queue
+            assert served == ["tenant-0"]
+        await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+    finally:
+        await engines.close()
+
+    assert served == ["tenant-0", *(entry.slug for entry in queued_tenants)]

@@ -84,6 +84,7 @@ class BenchRotation:
     setup_seconds: float = 0.0
     setup_steps: dict[str, float] = field(default_factory=dict)  # seconds per step
     drop_seconds: float | None = None
+    direct_connects_per_second: float = 0.0  # `time_direct_connects`
 
 
 def rotation_slugs(prefix: str, count: int = ROTATION_TENANTS) -> list[str]:
@@ -306,6 +307,7 @@ def bench_rotation(
     try:
         _create(rotation, python, setup_env, workdir, names)
         rotation.setup_seconds = round(time.monotonic() - started, 1)
+        rotation.direct_connects_per_second = time_direct_connects(registry_dir, slugs)
         yield rotation
     finally:
         dropping = time.monotonic()
@@ -339,6 +341,47 @@ def _create(
         started = time.monotonic()
         work()
         rotation.setup_steps[step] = round(time.monotonic() - started, 2)
+
+
+def time_direct_connects(registry_dir: Path, slugs: Sequence[str]) -> float:
+    """Tenant switches per second straight from asyncpg, with berth's servers idle: for each
+    tenant in turn a new connection as its own role, the article by slug (reference d's
+    statement), close; ROTATION_ENGINE_CACHE_SIZE at a time, three times round after one
+    unmeasured round.
+
+    A tenant is a database and a connection cannot change database, so with more tenants in
+    rotation than PostgreSQL can hold connections, each request of r needs a new one: this
+    is the ceiling of r however lean berth is (docs/benchmarks.md, "Why r misses").
+    """
+    import asyncio
+
+    import asyncpg
+
+    from service.tenants.registry import entry_path
+    from service.tenants.schemas import TenantEntry
+    from tests.bench.reference_db_app import ARTICLE_BY_SLUG
+    from tests.support import asyncpg_dsn
+
+    dsns = [asyncpg_dsn(TenantEntry.model_validate_json(entry_path(registry_dir, slug)
+            .read_bytes()).database_url.get_secret_value()) for slug in slugs]  # fmt: skip
+
+    async def switch(dsn: str, room: asyncio.Semaphore) -> None:
+        async with room:
+            connection = await asyncpg.connect(dsn)
+            try:
+                await connection.fetchrow(ARTICLE_BY_SLUG, ARTICLE_SLUG)
+            finally:
+                await connection.close()
+
+    async def rotate() -> float:
+        room = asyncio.Semaphore(ROTATION_ENGINE_CACHE_SIZE)
+        # Unmeasured: a database's first backend also writes its relation cache file.
+        await asyncio.gather(*(switch(dsn, room) for dsn in dsns))
+        started = time.perf_counter()
+        await asyncio.gather(*(switch(dsn, room) for dsn in dsns * 3))
+        return round(3 * len(dsns) / (time.perf_counter() - started), 1)
+
+    return asyncio.run(rotate())
 
 
 def _register_clones(registry_dir: Path, slugs: Sequence[str], passwords: Sequence[str]) -> None:

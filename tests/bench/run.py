@@ -670,6 +670,8 @@ def rotation_fixture(
             steps = ", ".join(f"{step} {seconds:g} s" for step, seconds in
                               rotation.setup_steps.items())  # fmt: skip
             print(f"  {ROTATION_TENANTS} tenants ready in {rotation.setup_seconds:g} s ({steps})")
+            print(f"  r's ceiling, tenant switches straight from asyncpg (a new connection "
+                  f"each): {rotation.direct_connects_per_second:g}/s", flush=True)  # fmt: skip
             yield rotation
         print(f"  {ROTATION_TENANTS} tenants dropped in {rotation.drop_seconds:g} s", flush=True)
     except TenantSetupError as exc:
@@ -1260,6 +1262,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     for name, count in evictions.items():
         shown = "n/a" if count is None else f"{count:,.0f}"
         print(f"tenant engines {name}: {shown} evicted after its first warm-up")
+    print_rotation_ceiling(rotation, medians)
     return {
         **run_header(args, wrk),
         "targets": {t.name: target_json(t, args, medians, runs) for t in targets},
@@ -1315,6 +1318,20 @@ def target_json(
     }
 
 
+def print_rotation_ceiling(rotation: BenchRotation | None, medians: Mapping[str, Any]) -> None:
+    """r and its twin over the tenant switches asyncpg alone managed (`time_direct_connects`)."""
+    if rotation is None or not rotation.direct_connects_per_second:
+        return
+    ceiling = rotation.direct_connects_per_second
+    over_c = ""
+    if "c" in medians:
+        over_c = f" (the ceiling over c: {ceiling / medians['c']['requests_per_second']:.3f})"
+    for name in ("r", "r0"):
+        if name in medians:
+            share = medians[name]["requests_per_second"] / ceiling
+            print(f"{name} / its ceiling of {ceiling:g} new connections/s = {share:.3f}{over_c}")
+
+
 def rotation_json(rotation: BenchRotation | None) -> dict[str, Any] | None:
     if rotation is None:
         return None
@@ -1324,6 +1341,7 @@ def rotation_json(rotation: BenchRotation | None) -> dict[str, Any] | None:
         "setup_seconds": rotation.setup_seconds,
         "setup_steps_seconds": rotation.setup_steps,
         "drop_seconds": rotation.drop_seconds,
+        "direct_connects_per_second": rotation.direct_connects_per_second,
     }
 
 

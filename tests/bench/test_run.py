@@ -453,3 +453,16 @@ def test_the_table_prints_errors_memory_and_the_local_cache(tmp_path: Path) -> N
     assert (
         "local cache berth-pg-rotation: berth_local_cache_bytes 822 (bound 33,554,432)   met"
     ) in lines
+
+
+def test_r_is_printed_over_its_ceiling_of_tenant_switches_straight_from_asyncpg(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fixture = rotation.BenchRotation(["t-000"], "admin@example.com", "pw", {})
+    fixture.direct_connects_per_second = 200.0
+
+    run.print_rotation_ceiling(fixture, medians(c=(1600.0, 50.0), r=(150.0, 700.0)))
+
+    assert capsys.readouterr().out.splitlines() == [
+        "r / its ceiling of 200 new connections/s = 0.750 (the ceiling over c: 0.125)"
+    ]

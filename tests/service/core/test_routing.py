@@ -11,9 +11,20 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import (
+    APIRouter,
+    Cookie,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+)
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from service.core.routing import LeanRoute
 
@@ -55,6 +66,28 @@ async def item(
     return JSONResponse(body, headers={"ETag": '"1"'})
 
 
+class Window(BaseModel):
+    since: int = 0
+    until: int | None = None
+
+
+async def collection(
+    tags: Annotated[list[str], Query()],
+    window: Annotated[Window, Query()],
+    kinds: Annotated[list[int], Query(max_length=3)] = [],  # noqa: B006 (FastAPI copies it)
+    page: Annotated[int | None, Query(alias="p")] = None,
+    request_ids: Annotated[list[str] | None, Header()] = None,
+    trace: Annotated[str, Header(alias="X-Trace", pattern="^t")] = "t0",
+    session: Annotated[str | None, Cookie()] = None,
+    theme: Annotated[str, Cookie(min_length=3)] = "light",
+) -> Response:
+    kinds.append(0)  # a mutable default must be a fresh copy on every request
+    body = {"tags": tags, "window": window.model_dump(), "kinds": kinds, "page": page,
+            "request_ids": request_ids, "trace": trace, "session": session,
+            "theme": theme}  # fmt: skip
+    return JSONResponse(body)
+
+
 async def held() -> AsyncIterator[str]:
     yield "held"
 
@@ -76,6 +109,7 @@ def probe_app() -> FastAPI:
     for prefix, route_class in (("/fastapi", APIRoute), ("/lean", LeanRoute)):
         router = APIRouter(prefix=prefix, route_class=route_class)
         router.add_api_route("/items/{slug}", item, methods=["GET"])
+        router.add_api_route("/collection", collection, methods=["GET"])
         router.add_api_route("/held", with_generator, methods=["GET"])
         app.include_router(router)
     return app
@@ -129,6 +163,47 @@ async def test_a_lean_route_answers_as_fastapi_does(
         assert lean.headers.get(name) == expected.headers.get(name)
 
 
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("tags=a&tags=b", {}),
+        ("tags=a&since=3&until=9&kinds=1&kinds=2&p=4", {"X-Trace": "t1"}),
+        ("", {}),  # a required list missing
+        ("tags=a&kinds=x&kinds=1&kinds=2&kinds=3", {}),  # a bad item, and too many
+        ("tags=a&since=x", {}),  # the parameter model fails
+        ("tags=a&page=4", {}),  # the name instead of the alias: ignored
+        ("tags=a", {"Request-Ids": "1, 2"}),
+        ("tags=a", [("request-ids", "1"), ("request-ids", "2")]),  # a repeated header
+        ("tags=a", {"X-Trace": "u1"}),  # an aliased header fails its pattern
+        ("tags=a", {"Cookie": "session=s1; theme=dark"}),
+        ("tags=a", {"Cookie": "theme=x"}),  # a cookie fails
+    ],
+    ids=[
+        "lists",
+        "everything",
+        "missing-list",
+        "bad-list",
+        "bad-model",
+        "name-not-alias",
+        "header-list",
+        "repeated-header",
+        "bad-aliased-header",
+        "cookies",
+        "bad-cookie",
+    ],
+)
+async def test_list_alias_model_and_cookie_parameters_answer_as_fastapi_does(
+    both: tuple[FastAPI, httpx.AsyncClient], query: str, headers: Any
+) -> None:
+    _, client = both
+
+    for _ in range(2):  # twice: a mutable default must not keep the first call's change
+        expected = await client.get(f"/fastapi/collection?{query}", headers=headers)
+        lean = await client.get(f"/lean/collection?{query}", headers=headers)
+
+        assert (lean.status_code, lean.json()) == (expected.status_code, expected.json())
+
+
 def _path_of(response: httpx.Response, prefix: str) -> dict[str, str]:
     body = response.json()
     return {"path": body["path"].replace("/fastapi", prefix)} if "path" in body else {}
@@ -150,10 +225,17 @@ def test_only_plain_graphs_are_solved_lean() -> None:
     router.add_api_route("/held", with_generator, methods=["GET"])  # a generator dependency
     router.add_api_route("/scoped", with_scoped, methods=["GET"])
     router.add_api_route("/uncached", uncached, methods=["GET"])
+    router.add_api_route("/collection", collection, methods=["GET"])  # so its test compares
 
     lean = {route.path: route.is_lean for route in router.routes if isinstance(route, LeanRoute)}
 
-    assert lean == {"/items/{slug}": True, "/held": False, "/scoped": False, "/uncached": False}
+    assert lean == {
+        "/items/{slug}": True,
+        "/held": False,
+        "/scoped": False,
+        "/uncached": False,
+        "/collection": True,
+    }
 
 
 async def test_a_route_that_is_not_plain_is_served_by_fastapi(

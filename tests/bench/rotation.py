@@ -58,6 +58,12 @@ ROTATION_TENANTS = 200
 # about one connection: 32 stays inside a default max_connections of 100 even with a
 # baseline twin's idle engines beside it.
 ROTATION_ENGINE_CACHE_SIZE = 32
+# A rotation server idle while its baseline twin runs gives its connections back within a few
+# seconds (the idle sweep runs every registry poll): at the default 300 s both servers' 32
+# connections, beside every other server's pools, filled max_connections 100, and the twin
+# measured PostgreSQL refusing connections ("remaining connection slots are reserved"). Under
+# rotation an engine is evicted for capacity long before it could be idle this long.
+ROTATION_ENGINE_IDLE_SECONDS = 2.0
 ADMIN_EMAIL = "platform-admin@bench.example.com"
 TENANT_HEADER = "X-Tenant-ID"
 # FILE_COPY copies the template's files. WAL_LOG, PostgreSQL 15's default, writes every
@@ -85,6 +91,15 @@ class BenchRotation:
     setup_steps: dict[str, float] = field(default_factory=dict)  # seconds per step
     drop_seconds: float | None = None
     direct_connects_per_second: float = 0.0  # `time_direct_connects`
+
+
+def rotation_env(registry_dir: Path) -> dict[str, str]:
+    """What a rotation server runs with on top of c's settings."""
+    return {
+        "BERTH_TENANTS__REGISTRY_DIR": str(registry_dir),
+        "BERTH_TENANTS__ENGINE_CACHE_SIZE": str(ROTATION_ENGINE_CACHE_SIZE),
+        "BERTH_TENANTS__ENGINE_IDLE_SECONDS": str(ROTATION_ENGINE_IDLE_SECONDS),
+    }
 
 
 def rotation_slugs(prefix: str, count: int = ROTATION_TENANTS) -> list[str]:
@@ -300,8 +315,7 @@ def bench_rotation(
     slugs = rotation_slugs(f"rot-{secrets.token_hex(4)}")
     names = [tenant_names(slug).database for slug in slugs]  # role and database: same name
     registry_dir = workdir / "tenants"
-    env = {"BERTH_TENANTS__REGISTRY_DIR": str(registry_dir),
-           "BERTH_TENANTS__ENGINE_CACHE_SIZE": str(ROTATION_ENGINE_CACHE_SIZE)}  # fmt: skip
+    env = rotation_env(registry_dir)
     rotation = BenchRotation(slugs, ADMIN_EMAIL, secrets.token_urlsafe(18), env)
     setup_env = {**base_env, **tenant.env, **env, "BERTH_CACHE__ENABLED": "false"}
     try:

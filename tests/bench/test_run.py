@@ -255,9 +255,7 @@ def test_a_baseline_tree_without_submissions_gets_no_submission_twins(tmp_path: 
 
 def rotation_context(tmp_path: Path, slugs: list[str]) -> run.ServerContext:
     tenant = BenchTenant("bench-x", "o@example.com", "pw", {"BERTH_DATABASE__URL": "pg"}, "dsn")
-    cache_size = str(rotation.ROTATION_ENGINE_CACHE_SIZE)
-    env = {"BERTH_TENANTS__REGISTRY_DIR": str(tmp_path / "rotation"),
-           "BERTH_TENANTS__ENGINE_CACHE_SIZE": cache_size}  # fmt: skip
+    env = rotation.rotation_env(tmp_path / "rotation")
     fixture = rotation.BenchRotation(slugs, "admin@example.com", "pw", env)
     return run.ServerContext("python", 1, tmp_path, tenant, rotation=fixture)
 
@@ -289,6 +287,7 @@ def test_target_r_rotates_200_tenants_on_a_server_whose_engine_cache_is_smaller(
     assert (target.path, target.no_errors, target.server.needs_rotation) == (
         run.ARTICLE, True, True)  # fmt: skip
     assert int(env["BERTH_TENANTS__ENGINE_CACHE_SIZE"]) < rotation.ROTATION_TENANTS
+    assert float(env["BERTH_TENANTS__ENGINE_IDLE_SECONDS"]) <= 5  # its twin needs the room
     assert env["BERTH_CACHE__ENABLED"] == "false"  # as c: every GET reaches the database
     assert env["BERTH_TENANTS__REGISTRY_DIR"] == str(tmp_path / "rotation")
     assert all(setting_path(key) for key in env if key.startswith("BERTH_")), env

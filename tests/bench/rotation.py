@@ -55,8 +55,8 @@ from tests.support import free_port, stop_process_group
 ROTATION_TENANTS = 200
 # Pinned below ROTATION_TENANTS (it is TenantSettings' default today), so a rotation over
 # every tenant evicts engines whatever the default becomes. Under rotation each engine holds
-# about one connection: 32 stays inside a default max_connections of 100 even with a
-# baseline twin's idle engines beside it.
+# about one connection; with a baseline twin both servers' 32 fit max_connections 100 only if
+# the idle one gives its connections back (ROTATION_ENGINE_IDLE_SECONDS).
 ROTATION_ENGINE_CACHE_SIZE = 32
 # A rotation server idle while its baseline twin runs gives its connections back within a few
 # seconds (the idle sweep runs every registry poll): at the default 300 s both servers' 32
